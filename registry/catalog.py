@@ -1,0 +1,226 @@
+"""The registry: every card the plugins contributed, looked up by id, alias or hub repository.
+
+Names are case-insensitive. A name resolves by rank: a card id beats an alias, an alias beats a
+hub repository name. Two cards claiming one name at the same rank (two ids, two aliases) are a
+conflict: the name is reported with both plugins and distributions, and looking it up is an error
+until one is removed. An alias that collides with another card's id is reported too; the id keeps
+the name. Conflicts between hub repository names are not errors (several cards may share a
+repository); looking such a name up lists the candidates.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from modeldeck.registry.diagnostics import CardError, Diagnostic, ModeldeckError
+from modeldeck.registry.layouts import CheckpointLayout
+from modeldeck.registry.manager import Contribution, LoadResult, PluginInfo, load_entry_points, selection_from_env
+from modeldeck.registry.schema import Card, PromptFormat
+
+__all__ = ["CardConflictError", "CardNotFoundError", "Entry", "Registry"]
+
+_RANKS = ("id", "alias", "hub repository")
+
+
+class CardNotFoundError(ModeldeckError, LookupError):
+    def __init__(self, name: str, suggestions: list[str]):
+        self.name, self.suggestions = name, suggestions
+        hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+        super().__init__(f"No card named {name!r}.{hint} Run `modeldeck list` to see every card.")
+
+
+class CardConflictError(ModeldeckError, LookupError):
+    def __init__(self, name: str, claimants: list[Entry]):
+        self.name, self.claimants = name, claimants
+        who = "; ".join(f"card {e.card.id!r} from plugin {e.plugin.label}" for e in claimants)
+        super().__init__(
+            f"The name {name!r} is claimed by more than one card: {who}. "
+            "Use a card's unique id, or uninstall one of the plugins (pip uninstall DISTRIBUTION)."
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A card in the registry, with the plugin that contributed it and the file it came from."""
+
+    card: Card
+    plugin: PluginInfo
+    where: str
+
+
+class Registry:
+    def __init__(self, loaded: LoadResult):
+        self._plugins = loaded.plugins
+        self.diagnostics: list[Diagnostic] = list(loaded.diagnostics)
+        self._formats = self._unique(loaded.prompt_formats, "prompt format", lambda f: f.name)
+        self._layouts = self._unique(loaded.checkpoint_layouts, "checkpoint layout", lambda lay: lay.name)
+        self._entries = [e for e in map(self._resolve, loaded.cards) if e is not None]
+        self._index = self._build_index()
+
+    @classmethod
+    def from_entry_points(cls, selection: set[str] | None = None) -> Registry:
+        """All installed plugins (or those selected, by default from $MODELDECK_PLUGINS)."""
+        return cls(load_entry_points(selection if selection is not None else selection_from_env()))
+
+    @classmethod
+    def from_plugins(cls, plugins: Iterable[tuple[str, object]]) -> Registry:
+        """A registry of plugin objects given in-process, e.g. for tests or embedding."""
+        from modeldeck.registry.manager import load_plugins
+
+        return cls(load_plugins(plugins))
+
+    # --- lookup ----------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Card:
+        return self.entry(name).card
+
+    def entry(self, name: str) -> Entry:
+        claims = self._index.get(name.strip().lower())
+        if not claims:
+            raise CardNotFoundError(name, self.suggest(name))
+        best = min(rank for rank, _ in claims)
+        winners = list({id(e): e for rank, e in claims if rank == best}.values())
+        if len(winners) > 1:
+            raise CardConflictError(name, winners)
+        return winners[0]
+
+    def suggest(self, name: str) -> list[str]:
+        query = name.strip().lower()
+        ids = sorted({e.card.id for e in self._entries})
+        names = sorted(self._index)
+        starts = [n for n in ids if n.startswith(query) or query.startswith(n)]
+        close = difflib.get_close_matches(query, names, n=3, cutoff=0.6)
+        return list(dict.fromkeys(starts + close))[:5]
+
+    def cards(self) -> list[Card]:
+        """Every usable card, by id (cards whose id is contested are left out: see `diagnostics`)."""
+        return [e.card for e in self.entries()]
+
+    def entries(self) -> list[Entry]:
+        usable = []
+        for entry in self._entries:
+            try:
+                usable.append(self.entry(entry.card.id))
+            except CardConflictError:
+                continue
+        return sorted({id(e): e for e in usable}.values(), key=lambda e: e.card.id)
+
+    def plugins(self) -> list[PluginInfo]:
+        return sorted(self._plugins, key=lambda p: p.name)
+
+    def prompt_formats(self) -> dict[str, PromptFormat]:
+        return {name: c.item for name, c in sorted(self._formats.items())}
+
+    def checkpoint_layouts(self) -> dict[str, CheckpointLayout]:
+        return {name: c.item for name, c in sorted(self._layouts.items())}
+
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    # --- building --------------------------------------------------------------------------------
+
+    def resolve_card(self, card: Card, where: str) -> Card:
+        """Fill in a named prompt format and check the checkpoint layout is known; CardError if not."""
+        problems = []
+        if card.architecture.checkpoint_layout not in self._layouts:
+            problems.append(
+                Diagnostic(
+                    "error",
+                    f"unknown checkpoint layout {card.architecture.checkpoint_layout!r}",
+                    where,
+                    field="architecture.checkpoint_layout",
+                    hint=f"registered layouts: {', '.join(sorted(self._layouts)) or 'none'} "
+                    "(a plugin can add one with the register_checkpoint_layouts hook)",
+                )
+            )
+        if isinstance(card.prompt_format, str):
+            named = self._formats.get(card.prompt_format)
+            if named is None:
+                problems.append(
+                    Diagnostic(
+                        "error",
+                        f"unknown prompt format {card.prompt_format!r}",
+                        where,
+                        field="prompt_format",
+                        hint=f"registered formats: {', '.join(sorted(self._formats)) or 'none'}; "
+                        "or write the format inline",
+                    )
+                )
+            else:
+                card = card.model_copy(update={"prompt_format": named.item})
+        if problems:
+            raise CardError(problems)
+        return card
+
+    def _resolve(self, contribution: Contribution) -> Entry | None:
+        try:
+            card = self.resolve_card(contribution.item, contribution.where)
+        except CardError as exc:
+            self.diagnostics += [d.from_plugin(contribution.plugin.label) for d in exc.diagnostics]
+            return None
+        return Entry(card, contribution.plugin, contribution.where)
+
+    def _unique(self, contributions: list[Contribution], what: str, key: object) -> dict[str, Contribution]:
+        chosen: dict[str, Contribution] = {}
+        for c in contributions:
+            name = key(c.item)  # type: ignore[operator]
+            if name in chosen:
+                first = chosen[name]
+                self.diagnostics.append(
+                    Diagnostic(
+                        "error",
+                        f"{what} {name!r} is registered by plugin {first.plugin.label} and by plugin {c.plugin.label}; "
+                        f"the first is used",
+                        f"plugin {c.plugin.label}",
+                        hint=f"rename one of them, or uninstall one plugin (pip uninstall {c.plugin.distribution})",
+                    )
+                )
+                continue
+            chosen[name] = c
+        return chosen
+
+    def _build_index(self) -> dict[str, list[tuple[int, Entry]]]:
+        index: dict[str, list[tuple[int, Entry]]] = {}
+        for entry in self._entries:
+            card = entry.card
+            claims = [(0, card.id), *((1, a.lower()) for a in card.aliases), (2, card.source.repo.lower())]
+            for rank, name in claims:
+                slot = index.setdefault(name, [])
+                if not any(other is entry for _, other in slot):
+                    slot.append((rank, entry))
+        for name, claims in sorted(index.items()):
+            self._report_conflicts(name, claims)
+        return index
+
+    def _report_conflicts(self, name: str, claims: list[tuple[int, Entry]]) -> None:
+        by_rank = {rank: [e for r, e in claims if r == rank] for rank, _ in claims}
+        best = min(by_rank)
+        if best < 2 and len(by_rank[best]) > 1:
+            first, second = by_rank[best][:2]
+            self.diagnostics.append(
+                Diagnostic(
+                    "error",
+                    f"{_RANKS[best]} {name!r} is claimed by card {first.card.id!r} from plugin {first.plugin.label} "
+                    f"and by card {second.card.id!r} from plugin {second.plugin.label}; {name!r} cannot be looked up",
+                    second.where,
+                    field="id" if best == 0 else "aliases",
+                    hint="rename one card, or uninstall one of the plugins "
+                    f"(pip uninstall {second.plugin.distribution or first.plugin.distribution})",
+                    plugin=second.plugin.label,
+                )
+            )
+        if best == 0 and 1 in by_rank:
+            owner, alias_of = by_rank[0][0], by_rank[1][0]
+            self.diagnostics.append(
+                Diagnostic(
+                    "error",
+                    f"alias {name!r} of card {alias_of.card.id!r} (plugin {alias_of.plugin.label}) collides with the id "
+                    f"of card {owner.card.id!r} (plugin {owner.plugin.label}); the id keeps the name",
+                    alias_of.where,
+                    field="aliases",
+                    hint=f"remove {name!r} from the aliases of {alias_of.card.id!r}",
+                    plugin=alias_of.plugin.label,
+                )
+            )

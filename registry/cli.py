@@ -1,0 +1,225 @@
+"""The `modeldeck` command line. User errors are reported in one or two lines, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from modeldeck import registry
+from modeldeck.registry import display
+from modeldeck.registry.cardfile import load_card_file
+from modeldeck.registry.catalog import Registry
+from modeldeck.registry.checks import check_card, check_tokenizer
+from modeldeck.registry.diagnostics import CardError, Diagnostic, ModeldeckError
+from modeldeck.registry.prompting import PromptError, render_prompt
+from modeldeck.registry.schema import Card
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Piped output is not cut to 80 columns: tables stay one row per card for grep and tests.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+
+def _report_errors(command: F) -> F:
+    """Turn modeldeck's errors into a clean message and exit code 1 (a traceback only with MODELDECK_DEBUG=1)."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ModeldeckError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+            sys.exit(1)
+        except Exception as exc:  # a bug in modeldeck: say so without a traceback
+            if os.environ.get("MODELDECK_DEBUG"):
+                raise
+            err.print(
+                f"[red]internal error:[/red] {type(exc).__name__}: {exc}\n"
+                "This is a bug in modeldeck. Run again with MODELDECK_DEBUG=1 for the traceback and report it.",
+                markup=True,
+                soft_wrap=True,
+            )
+            sys.exit(2)
+
+    return run  # type: ignore[return-value]
+
+
+def _load_registry(quiet_problems: bool = False) -> Registry:
+    reg = registry.default()
+    problems = reg.errors()
+    if problems and not quiet_problems:
+        err.print(
+            f"[yellow]warning:[/yellow] {len(problems)} problem(s) loading plugins; the other cards are usable. "
+            "Details: `modeldeck validate`",
+            markup=True,
+            soft_wrap=True,
+        )
+        for d in problems:
+            err.print(f"  {d.render()}", markup=False, soft_wrap=True)
+    return reg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="modeldeck")
+def main() -> None:
+    """modeldeck: model cards as validated data, contributed by plugins, run by one generic decoder."""
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_report_errors
+def list_cards(as_json: bool) -> None:
+    """List the installed cards."""
+    reg = _load_registry()
+    entries = reg.entries()
+    if as_json:
+        click.echo(json.dumps([display.summary(e) for e in entries], indent=2))
+        return
+    out.print(display.card_table(entries))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the card (and computed facts) as JSON.")
+@_report_errors
+def show(name: str, as_json: bool) -> None:
+    """Show every section of a card: NAME is an id, alias or hub repository."""
+    entry = _load_registry(quiet_problems=True).entry(name)
+    if as_json:
+        click.echo(json.dumps(display.card_json(entry), indent=2, ensure_ascii=False))
+        return
+    for renderable in display.card_sections(entry):
+        out.print(renderable)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("text", required=False)
+@click.option("--system", help="A system prompt (handled as the card's prompt format says).")
+@click.option(
+    "--messages",
+    help='A conversation as JSON messages, e.g. \'[{"role": "user", "content": "Hi"}]\'; "-" reads standard input.',
+)
+@_report_errors
+def prompt(name: str, text: str | None, system: str | None, messages: str | None) -> None:
+    """Print the exact prompt the model will see for TEXT (or a conversation).
+
+    The prompt is written byte for byte; a newline is added only when writing to a terminal.
+    """
+    card = _load_registry(quiet_problems=True).get(name)
+    if (text is None) == (messages is None):
+        raise click.UsageError("give either TEXT or --messages")
+    conversation: Any = text
+    if messages is not None:
+        raw = sys.stdin.read() if messages == "-" else messages
+        try:
+            conversation = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"--messages is not valid JSON: {exc}") from None
+        if not isinstance(conversation, list):
+            raise PromptError("--messages must be a JSON list of {role, content} objects")
+    rendered = render_prompt(card.format, conversation, system)
+    sys.stdout.write(rendered + ("\n" if sys.stdout.isatty() else ""))
+
+
+@main.command()
+@click.argument("cards", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, path_type=Path),
+    help="A folder with tokenizer.json: check ids, markers and stop strings against it.",
+)
+@_report_errors
+def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None) -> None:
+    """Validate the installed cards, or the given card files (or card ids).
+
+    Exit code 0 when every card is valid (warnings allowed), 1 otherwise.
+    """
+    reg = registry.default()
+    checked: list[str] = []
+    found: list[Diagnostic] = []
+    targets: list[tuple[Card, str]] = []
+    if not cards:
+        found += reg.diagnostics
+        targets = [(e.card, e.where) for e in reg.entries()]
+    for name in cards:
+        try:
+            targets.append(_card_to_validate(reg, name))
+        except CardError as exc:
+            found += exc.diagnostics
+    for card, where in targets:
+        checked.append(card.id)
+        found += check_card(card, where)
+        if tokenizer is not None:
+            found += check_tokenizer(card, tokenizer, where)
+    errors = sum(d.severity == "error" for d in found)
+    if fmt == "json":
+        report = {"ok": errors == 0, "cards": checked, "diagnostics": [d.to_json() for d in found]}
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        for d in found:
+            (err if d.severity == "error" else out).print(d.render(), markup=False, soft_wrap=True)
+        warnings = sum(d.severity == "warning" for d in found)
+        verdict = "[green]valid[/green]" if errors == 0 else "[red]invalid[/red]"
+        out.print(
+            f"{len(checked)} card(s) checked: {verdict} ({errors} error(s), {warnings} warning(s))",
+            markup=True,
+            soft_wrap=True,
+        )
+    sys.exit(1 if errors else 0)
+
+
+def _card_to_validate(reg: Registry, name: str) -> tuple[Card, str]:
+    """A card file (resolved against the installed formats and layouts), or an installed card by name."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        card = load_card_file(path)
+        return reg.resolve_card(card, str(path)), str(path)
+    try:
+        entry = reg.entry(name)
+    except LookupError as exc:
+        raise CardError(
+            [Diagnostic("error", str(exc), name, hint="give a card file (.yaml) or an installed card id")]
+        ) from None
+    return entry.card, entry.where
+
+
+@main.command()
+@_report_errors
+def schema() -> None:
+    """Print the card JSON Schema (for editors and other tools)."""
+    click.echo(json.dumps(Card.model_json_schema(), indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_report_errors
+def plugins(as_json: bool) -> None:
+    """Show which plugin, from which distribution, contributed what, and which failed."""
+    reg = registry.default()
+    if as_json:
+        report = {
+            "plugins": [display.plugin_json(p) for p in reg.plugins()],
+            "diagnostics": [d.to_json() for d in reg.diagnostics],
+        }
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    out.print(display.plugin_table(reg.plugins()))
+    for d in reg.diagnostics:
+        (err if d.severity == "error" else out).print(d.render(), markup=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Checkpoint layouts as data: which tensor names a checkpoint uses for each part of the decoder.
+
+Checkpoint tensor names stay here, at the edge. The runtime's decoder has one naming scheme; a
+layout maps it to a family's names (``{i}`` is the block index) and says how a fused QKV projection
+is arranged, so loading is a table lookup plus one documented reshape::
+
+    per_head      GPT-NeoX   rows viewed as [heads, 3, head_dim]              (q, k, v interleaved per head)
+    grouped       Falcon     rows viewed as [kv_heads, heads/kv_heads + 2, head_dim]
+                             (per group: its query heads, then one key, then one value)
+    concatenated  GPT-2/BTLM rows are [q | k | v]
+    separate      Llama      three tensors, q_proj, k_proj, v_proj
+
+Layouts contain no torch, so a checkpoint can be checked against a card from its safetensors
+headers alone. Plugins add layouts through the ``register_checkpoint_layouts`` hook.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["DECODER_TENSORS", "CheckpointLayout"]
+
+DECODER_TENSORS = (
+    "embed.weight",
+    "blocks.{i}.attn_norm.weight",
+    "blocks.{i}.attn_norm.bias",
+    "blocks.{i}.mlp_norm.weight",
+    "blocks.{i}.mlp_norm.bias",
+    "blocks.{i}.attn.qkv.weight",
+    "blocks.{i}.attn.qkv.bias",
+    "blocks.{i}.attn.q.weight",
+    "blocks.{i}.attn.k.weight",
+    "blocks.{i}.attn.v.weight",
+    "blocks.{i}.attn.out.weight",
+    "blocks.{i}.attn.out.bias",
+    "blocks.{i}.mlp.up.weight",
+    "blocks.{i}.mlp.up.bias",
+    "blocks.{i}.mlp.gate.weight",
+    "blocks.{i}.mlp.gate.bias",
+    "blocks.{i}.mlp.down.weight",
+    "blocks.{i}.mlp.down.bias",
+    "final_norm.weight",
+    "final_norm.bias",
+    "lm_head.weight",
+    "alibi_slopes",
+)
+"""The decoder's tensor names a layout may map (the runtime's names, not any checkpoint's)."""
+
+
+class CheckpointLayout(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str
+    config_model_types: list[str] = Field(description="config.json `model_type` values this layout reads.")
+    qkv: Literal["per_head", "grouped", "concatenated", "separate"]
+    tensors: dict[str, str] = Field(description="Decoder tensor name -> checkpoint tensor name ({i}: block index).")
+    transposed: list[str] = Field(
+        default_factory=list, description="Decoder tensors stored [in, out] (GPT-2 Conv1D) rather than [out, in]."
+    )
+
+    @model_validator(mode="after")
+    def _names_are_known(self) -> CheckpointLayout:
+        unknown = sorted(set(self.tensors) - set(DECODER_TENSORS))
+        if unknown:
+            raise ValueError(
+                f"layout {self.name!r} maps unknown decoder tensors {unknown}; known: {list(DECODER_TENSORS)}"
+            )
+        unmapped = sorted(set(self.transposed) - set(self.tensors))
+        if unmapped:
+            raise ValueError(f"layout {self.name!r} lists transposed tensors it does not map: {unmapped}")
+        return self
+
+    def checkpoint_name(self, decoder_name: str, block: int | None = None) -> str:
+        template = self.tensors[decoder_name]
+        return template if block is None else template.format(i=block)
