@@ -26,4 +26,4 @@ def card_hook(*names: str) -> Callable[[Callable[[CardSource], None]], None]:
         for name in names:
             register(bundled_card(name))
 
-    return hookimpl(register_cards)  # type: ignore[no-any-return]
+    return hookimpl(register_cards)

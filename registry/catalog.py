@@ -87,12 +87,13 @@ class Registry:
         return winners[0]
 
     def suggest(self, name: str) -> list[str]:
+        """Ids of the cards whose names start like `name` or are close to it."""
         query = name.strip().lower()
-        ids = sorted({e.card.id for e in self._entries})
         names = sorted(self._index)
-        starts = [n for n in ids if n.startswith(query) or query.startswith(n)]
+        starts = [n for n in names if n.startswith(query) or query.startswith(n)]
         close = difflib.get_close_matches(query, names, n=3, cutoff=0.6)
-        return list(dict.fromkeys(starts + close))[:5]
+        ids = [entry.card.id for n in starts + close for _, entry in self._index[n]]
+        return list(dict.fromkeys(ids))[:5]
 
     def cards(self) -> list[Card]:
         """Every usable card, by id (cards whose id is contested are left out: see `diagnostics`)."""
@@ -185,42 +186,48 @@ class Registry:
         index: dict[str, list[tuple[int, Entry]]] = {}
         for entry in self._entries:
             card = entry.card
-            claims = [(0, card.id), *((1, a.lower()) for a in card.aliases), (2, card.source.repo.lower())]
-            for rank, name in claims:
+            names = [(0, card.id), *((1, a.lower()) for a in card.aliases), (2, card.source.repo.lower())]
+            for rank, name in names:
                 slot = index.setdefault(name, [])
                 if not any(other is entry for _, other in slot):
                     slot.append((rank, entry))
-        for name, claims in sorted(index.items()):
-            self._report_conflicts(name, claims)
+        self._report_conflicts(index)
         return index
 
-    def _report_conflicts(self, name: str, claims: list[tuple[int, Entry]]) -> None:
-        by_rank = {rank: [e for r, e in claims if r == rank] for rank, _ in claims}
-        best = min(by_rank)
-        if best < 2 and len(by_rank[best]) > 1:
-            first, second = by_rank[best][:2]
-            self.diagnostics.append(
-                Diagnostic(
-                    "error",
-                    f"{_RANKS[best]} {name!r} is claimed by card {first.card.id!r} from plugin {first.plugin.label} "
-                    f"and by card {second.card.id!r} from plugin {second.plugin.label}; {name!r} cannot be looked up",
-                    second.where,
-                    field="id" if best == 0 else "aliases",
-                    hint="rename one card, or uninstall one of the plugins "
-                    f"(pip uninstall {second.plugin.distribution or first.plugin.distribution})",
-                    plugin=second.plugin.label,
+    def _report_conflicts(self, index: dict[str, list[tuple[int, Entry]]]) -> None:
+        """One diagnostic per pair of cards that claim a name (ids and aliases; repositories may be shared)."""
+        pairs: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
+        entries = {id(e): e for e in self._entries}
+        for name, claims in sorted(index.items()):
+            for i, (rank_a, a) in enumerate(claims):
+                for rank_b, b in claims[i + 1 :]:
+                    if max(rank_a, rank_b) < 2:
+                        pairs.setdefault((id(a), id(b)), []).append((rank_a, rank_b, name))
+        for (ida, idb), shared in pairs.items():
+            first, second = entries[ida], entries[idb]
+            names = ", ".join(repr(name) for _, _, name in shared)
+            dists = sorted({e.plugin.distribution or e.plugin.name for e in (first, second)})
+            rank_a, rank_b, name = min(shared)
+            if rank_a == rank_b:
+                message = (
+                    f"{_RANKS[rank_a]} {name!r} is claimed by card {first.card.id!r} from plugin {first.plugin.label} "
+                    f"and by card {second.card.id!r} from plugin {second.plugin.label}; {names} cannot be looked up"
                 )
-            )
-        if best == 0 and 1 in by_rank:
-            owner, alias_of = by_rank[0][0], by_rank[1][0]
+                blamed, field, fix = second, "id" if rank_a == 0 else "aliases", "rename one card"
+            else:
+                owner, blamed = (first, second) if rank_a == 0 else (second, first)
+                message = (
+                    f"alias {name!r} of card {blamed.card.id!r} (plugin {blamed.plugin.label}) collides with the id "
+                    f"of card {owner.card.id!r} (plugin {owner.plugin.label}); the id keeps the name"
+                )
+                field, fix = "aliases", f"remove {name!r} from the aliases of {blamed.card.id!r}"
             self.diagnostics.append(
                 Diagnostic(
                     "error",
-                    f"alias {name!r} of card {alias_of.card.id!r} (plugin {alias_of.plugin.label}) collides with the id "
-                    f"of card {owner.card.id!r} (plugin {owner.plugin.label}); the id keeps the name",
-                    alias_of.where,
-                    field="aliases",
-                    hint=f"remove {name!r} from the aliases of {alias_of.card.id!r}",
-                    plugin=alias_of.plugin.label,
+                    message,
+                    blamed.where,
+                    field=field,
+                    hint=f"{fix}, or uninstall one of the distributions ({' or '.join(dists)})",
+                    plugin=blamed.plugin.label,
                 )
             )

@@ -47,7 +47,7 @@ def messages_from(text_or_messages: str | Sequence[Mapping[str, object]], system
             raise PromptError(f"message {i} has role {role!r}; use 'system', 'user' or 'assistant'")
         if not isinstance(content, str):
             raise PromptError(f"message {i} ({role}) needs 'content' as a string, got {type(content).__name__}")
-        messages.append({"role": role, "content": content})  # type: ignore[typeddict-item]
+        messages.append(Message(role=role, content=content))
     if system is not None:
         if messages and messages[0]["role"] == "system":
             raise PromptError("a system prompt was given twice: as an option and as the first message")

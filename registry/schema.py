@@ -278,7 +278,11 @@ class Tokenizer(_Strict):
         description="tokenizers: a tokenizer.json; sentencepiece: a tokenizer.model; gpt2-bpe: vocab.json + merges.txt."
     )
     files: Annotated[list[str], Field(min_length=1)]
-    add_bos: bool = Field(default=False, description="The tokenizer prepends bos to every encoded text.")
+    add_bos: bool = Field(
+        default=False,
+        description="The tokenizer's own config prepends bos when encoding. Informational: rendered prompts are "
+        "encoded without automatic special tokens, so a format that needs bos writes it (begin or a turn prefix).",
+    )
     bos: TokenSpec | None = None
     eos: TokenSpec
     pad: TokenSpec | None = None

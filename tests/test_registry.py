@@ -63,7 +63,7 @@ def test_duplicate_id_names_both_plugins_and_distributions(site, card_data):
     [d] = reg.errors()
     assert d.message.startswith("id 'astrid-1b' is claimed by card 'astrid-1b' from plugin astrid-1b (modeldeck 0.1.0)")
     assert "plugin fake-copycat (modeldeck-copycat 1.0)" in d.message
-    assert "pip uninstall modeldeck-copycat" in d.hint
+    assert "uninstall one of the distributions (modeldeck or modeldeck-copycat)" in d.hint
     with pytest.raises(CardConflictError, match="claimed by more than one card"):
         reg.get("astrid-1b")
     assert {c.id for c in reg.cards()} == SEEDS - {"astrid-1b"}  # the others stay usable

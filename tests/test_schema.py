@@ -110,10 +110,10 @@ def test_generation_and_token_rules(card_data):
     data["generation"] = {"max_new_tokens": 4096}
     with pytest.raises(CardError, match=r"max_new_tokens 4096 exceeds architecture\.context_length 2048"):
         card_from_data(data, "x")
-    data = card_data("astrid-1b")
-    data["tokenizer"]["eos"]["id"] = 60000
+    data = card_data("pythia-1.4b")
+    data["tokenizer"]["pad"]["id"] = 60000
     with pytest.raises(
-        CardError, match=r"tokenizer.eos id 60000 is outside the embedding \(architecture.vocab_size 50304\)"
+        CardError, match=r"tokenizer.pad id 60000 is outside the embedding \(architecture.vocab_size 50304\)"
     ):
         card_from_data(data, "x")
     data = card_data("astrid-1b")

@@ -1,0 +1,207 @@
+"""The `modeldeck` CLI, run as a real subprocess: exact output, exit codes, and no tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b"}
+
+
+def no_traceback(result) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+
+
+def test_list_shows_the_five_cards(run_cli):
+    result = run_cli("list")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert set(rows) == SEEDS
+    assert "1.41B" in rows["pythia-1.4b"] and "2,048" in rows["pythia-1.4b"] and "pythia-1-4b" in rows["pythia-1.4b"]
+    assert "8,192" in rows["gpt-jx-3b"]
+    assert result.stderr == ""
+
+
+def test_list_json(run_cli):
+    result = run_cli("list", "--json")
+    cards = {c["id"]: c for c in json.loads(result.stdout)}
+    assert set(cards) == SEEDS
+    assert cards["astrid-1b"]["parameters"] == 1_011_781_632
+    assert cards["aira-2-1b1"]["distribution"] == "modeldeck"
+
+
+def test_show_aira_has_prompt_format_and_defaults(run_cli):
+    result = run_cli("show", "aira-2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for section in (
+        "identity",
+        "source",
+        "parameters",
+        "architecture",
+        "tokenizer",
+        "prompt format: aira",
+        "generation defaults",
+    ):
+        assert section in out
+    assert "'<|startofinstruction|>{message}<|endofinstruction|>'" in out
+    assert "repetition_penalty" in out and "1.2" in out and "top_k" in out and "30" in out
+    assert "1,261,545,472" in out and "1,100,068,864" in out
+
+
+def test_show_json_round_trips_the_card(run_cli):
+    shown = json.loads(run_cli("show", "gpt-jx-3b", "--json").stdout)
+    assert shown["card"]["architecture"]["positions"] == {"kind": "alibi"}
+    assert shown["computed"]["parameters"] == 2_646_255_744
+
+
+def test_show_unknown_card_suggests_without_traceback(run_cli):
+    result = run_cli("show", "pythia")
+    assert result.returncode == 1
+    no_traceback(result)
+    assert "No card named 'pythia'. Did you mean: pythia-1.4b?" in result.stderr
+
+
+def test_prompt_astrid_exact_bytes(run_cli):
+    result = run_cli("prompt", "astrid-1b", "Why is drinking water so healthy?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "<|prompt|>Why is drinking water so healthy?<|endoftext|><|answer|>"
+
+
+def test_prompt_h2ogpt_exact_bytes(run_cli):
+    assert run_cli("prompt", "h2ogpt-oig-oasst1-falcon-40b", "Hi").stdout == "<human>: Hi\n<bot>:"
+
+
+def test_prompt_multi_turn_from_json_on_stdin(run_cli):
+    chat = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "content": "I'm good"},
+        {"role": "user", "content": "Go to the market?"},
+    ]
+    result = run_cli("prompt", "h2ogpt-falcon-40b", "--messages", "-", stdin=json.dumps(chat))
+    assert (
+        result.stdout
+        == "<human>: Hello!\n<bot>: Hi!\n<human>: How are you?\n<bot>: I'm good\n<human>: Go to the market?\n<bot>:"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("pythia-1.4b", "x", "--system", "Be brief."), "has no system prompt"),
+        (("astrid-1b", "--messages", "[{bad json"), "--messages is not valid JSON"),
+        (("astrid-1b", "--messages", '{"role": "user"}'), "must be a JSON list"),
+    ],
+)
+def test_prompt_errors_are_one_line(run_cli, args, message):
+    result = run_cli("prompt", *args)
+    assert result.returncode == 1
+    no_traceback(result)
+    assert message in result.stderr
+
+
+def test_validate_installed_cards_passes_with_warnings(run_cli):
+    result = run_cli("validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 card(s) checked: valid (0 error(s)" in result.stdout
+    # Astrid's seed sets temperature with greedy decoding; Aira sets beam options with num_beams 1.
+    assert "temperature=0.3 set with do_sample false: greedy decoding ignores them" in result.stdout
+    assert "length_penalty=0.3, early_stopping=True set with num_beams 1" in result.stdout
+
+
+def test_validate_json(run_cli):
+    report = json.loads(run_cli("validate", "--format", "json").stdout)
+    assert report["ok"] is True and set(report["cards"]) == SEEDS
+    assert {d["severity"] for d in report["diagnostics"]} <= {"warning", "info"}
+
+
+def test_validate_a_bad_card_file(run_cli, tmp_path, card_data):
+    data = card_data("astrid-1b")
+    data["architecture"]["hidden_size"] = 2050
+    data["architecture"]["colour"] = "blue"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    no_traceback(result)
+    assert f"{path}:" in result.stderr and "architecture.colour: error: unknown field 'colour'" in result.stderr
+    report = json.loads(run_cli("validate", str(path), "--format", "json").stdout)
+    assert report["ok"] is False
+    # Field errors come first; cross-field rules (hidden_size % heads) run once the fields are valid.
+    assert [d["field"] for d in report["diagnostics"]] == ["architecture.colour"]
+    assert all(d["where"] == str(path) and d["line"] for d in report["diagnostics"])
+
+
+def test_validate_good_file_and_card_id(run_cli):
+    from pathlib import Path
+
+    card = Path(__file__).resolve().parent.parent / "cards" / "gpt-jx-3b.yaml"
+    result = run_cli("validate", str(card), "pythia-1.4b")
+    assert result.returncode == 0, result.stderr
+    assert "2 card(s) checked: valid" in result.stdout
+
+
+def test_yaml_syntax_error_in_validate(run_cli, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("id: x\nname: [unclosed\n")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    no_traceback(result)
+    assert f"{path}:3: error: YAML syntax error" in result.stderr
+
+
+def test_schema_command_prints_the_json_schema(run_cli):
+    schema = json.loads(run_cli("schema").stdout)
+    assert schema["title"] == "Card" and "architecture" in schema["properties"]
+
+
+def test_broken_plugins_are_reported_and_the_rest_works(run_cli, fake_site, card_data):
+    fake_site.add("modeldeck-broken", {"fake_broken": "import not_installed_anywhere\n"}, {"broken": "fake_broken"})
+    fake_site.add(
+        "modeldeck-hookfail",
+        {
+            "fake_hookfail": "from modeldeck.registry import hookimpl\n\n@hookimpl\ndef register_cards(register):\n    1 / 0\n"
+        },
+        {"hookfail": "fake_hookfail"},
+    )
+    fake_site.card_plugin("modeldeck-copycat", "fake_copycat", card_data("gpt-jx-3b"))
+
+    listed = run_cli("list")
+    assert listed.returncode == 0
+    no_traceback(listed)
+    ids = {line.split()[0] for line in listed.stdout.splitlines()[1:] if line.strip()}
+    assert ids == SEEDS - {"gpt-jx-3b"}
+    assert "3 problem(s) loading plugins" in listed.stderr
+    assert (
+        "plugin broken (modeldeck-broken 1.0): error: plugin failed to import fake_broken: ModuleNotFoundError"
+        in listed.stderr
+    )
+    assert "plugin raised in its register_cards hook: ZeroDivisionError: division by zero" in listed.stderr
+    assert (
+        "id 'gpt-jx-3b' is claimed by card 'gpt-jx-3b' from plugin fake-copycat (modeldeck-copycat 1.0)"
+        in listed.stderr
+    )
+
+    plugins = json.loads(run_cli("plugins", "--json").stdout)
+    status = {p["name"]: p for p in plugins["plugins"]}
+    assert status["broken"]["error"].startswith("failed to import fake_broken")
+    assert status["hookfail"]["distribution"] == "modeldeck-hookfail"
+    assert status["fake-copycat"]["cards"] == ["gpt-jx-3b"]
+
+    validated = run_cli("validate")
+    assert validated.returncode == 1
+    no_traceback(validated)
+    assert "4 card(s) checked: invalid (3 error(s)" in validated.stdout
+
+    shown = run_cli("show", "gpt-jx-3b")
+    assert shown.returncode == 1 and "claimed by more than one card" in shown.stderr
+    no_traceback(shown)
+
+
+def test_env_switch_loads_no_plugins(run_cli):
+    result = run_cli("list", "--json", env={"MODELDECK_PLUGINS": "none"})
+    assert json.loads(result.stdout) == []
