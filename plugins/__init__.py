@@ -16,7 +16,7 @@ __all__ = ["bundled_card", "card_hook"]
 
 def bundled_card(name: str) -> Path:
     """The YAML file of a first-party card in modeldeck.cards."""
-    return Path(str(resources.files("modeldeck.cards").joinpath(f"{name}.yaml")))
+    return Path(str(resources.files("modeldeck.cards").joinpath(f"{name}.yaml"))).resolve()
 
 
 def card_hook(*names: str) -> Callable[[Callable[[CardSource], None]], None]:

@@ -210,9 +210,11 @@ def check_tokenizer(card: Card, directory: Path, where: str) -> list[Diagnostic]
                 f"prompt_format.stop[{i}]",
             )
     size = tokenizer.get_vocab_size(with_added_tokens=True)
-    if size > card.architecture.vocab_size:
+    largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if max(size, largest + 1) > card.architecture.vocab_size:
         problem(
-            f"the tokenizer has {size} tokens, more than the embedding's {card.architecture.vocab_size} rows",
+            f"the tokenizer has {size} tokens (ids up to {largest}), more than the embedding's "
+            f"{card.architecture.vocab_size} rows",
             "architecture.vocab_size",
         )
     return found

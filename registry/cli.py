@@ -27,8 +27,8 @@ __all__ = ["main"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Piped output is not cut to 80 columns: tables stay one row per card for grep and tests.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def _report_errors(command: F) -> F:

@@ -202,7 +202,10 @@ def card_sections(entry: Entry) -> list[RenderableType]:
             unit = "%" if r.unit == "percent" else ""
             table.add_row(r.task, r.metric, f"{r.value:g}{unit}", f"±{r.stderr:g}" if r.stderr is not None else "")
         sections.append(table)
-    return [Group(*sections)]
+    spaced: list[RenderableType] = []
+    for section in sections:
+        spaced += [section, Text("")]
+    return [Group(*spaced[:-1])]
 
 
 def _example(card: Card) -> str:

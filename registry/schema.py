@@ -456,7 +456,9 @@ class Card(_Strict):
     @model_validator(mode="after")
     def _card_is_consistent(self) -> Card:
         arch, tok = self.architecture, self.tokenizer
-        for role, token in [("bos", tok.bos), ("eos", tok.eos), ("pad", tok.pad), ("unk", tok.unk)]:
+        named = [("bos", tok.bos), ("eos", tok.eos), ("pad", tok.pad), ("unk", tok.unk)]
+        named += [(f"special_tokens[{i}]", t) for i, t in enumerate(tok.special_tokens)]
+        for role, token in named:
             if token is not None and token.id >= arch.vocab_size:
                 raise ValueError(
                     f"tokenizer.{role} id {token.id} is outside the embedding (architecture.vocab_size {arch.vocab_size})"
