@@ -47,7 +47,10 @@ def read_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         column = f", column {mark.column + 1}" if mark else ""
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        context = exc.context or ""
+        if exc.context_mark is not None and exc.context_mark is not mark:
+            context += f" (which starts at line {exc.context_mark.line + 1})"
+        problem = ": ".join(p for p in (context, exc.problem) if p)
         raise CardError(
             [
                 Diagnostic(
