@@ -11,12 +11,20 @@ repository); looking such a name up lists the candidates.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from modeldeck.registry.diagnostics import CardError, Diagnostic, ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
-from modeldeck.registry.manager import Contribution, LoadResult, PluginInfo, load_entry_points, selection_from_env
+from modeldeck.registry.manager import (
+    Contribution,
+    LoadResult,
+    PluginInfo,
+    load_entry_points,
+    load_plugins,
+    selection_from_env,
+)
 from modeldeck.registry.schema import Card, PromptFormat
 
 __all__ = ["CardConflictError", "CardNotFoundError", "Entry", "Registry"]
@@ -67,8 +75,6 @@ class Registry:
     @classmethod
     def from_plugins(cls, plugins: Iterable[tuple[str, object]]) -> Registry:
         """A registry of plugin objects given in-process, e.g. for tests or embedding."""
-        from modeldeck.registry.manager import load_plugins
-
         return cls(load_plugins(plugins))
 
     # --- lookup ----------------------------------------------------------------------------------
@@ -163,10 +169,12 @@ class Registry:
             return None
         return Entry(card, contribution.plugin, contribution.where)
 
-    def _unique(self, contributions: list[Contribution], what: str, key: object) -> dict[str, Contribution]:
+    def _unique(
+        self, contributions: list[Contribution], what: str, key: Callable[[Any], str]
+    ) -> dict[str, Contribution]:
         chosen: dict[str, Contribution] = {}
         for c in contributions:
-            name = key(c.item)  # type: ignore[operator]
+            name = key(c.item)
             if name in chosen:
                 first = chosen[name]
                 self.diagnostics.append(

@@ -62,7 +62,7 @@ def render_prompt(
     system_text: str | None = None
     if messages and messages[0]["role"] == "system":
         system_text = messages.pop(0)["content"]
-    _check_turns(fmt, messages)
+    _check_turns(fmt, messages, offset=0 if system_text is None else 1)
     if system_text is not None and not fmt.system.supported:
         if fmt.system.when_unsupported == "error":
             raise PromptError(
@@ -81,7 +81,8 @@ def render_prompt(
     return "".join(parts)
 
 
-def _check_turns(fmt: PromptFormat, messages: list[Message]) -> None:
+def _check_turns(fmt: PromptFormat, messages: list[Message], offset: int) -> None:
+    """Turns alternate user/assistant and end with the user; `offset` keeps message numbers the caller's."""
     if not messages:
         raise PromptError("the conversation has no user message")
     for i, m in enumerate(messages):
@@ -89,7 +90,7 @@ def _check_turns(fmt: PromptFormat, messages: list[Message]) -> None:
         if m["role"] != expected:
             where = "a system message may only come first" if m["role"] == "system" else "turns must alternate"
             raise PromptError(
-                f"message {i} is from {m['role']!r} where {expected!r} was expected ({where}, starting with user)"
+                f"message {i + offset} is from {m['role']!r} where {expected!r} was expected ({where}, starting with user)"
             )
     if messages[-1]["role"] != "user":
         raise PromptError("the last message must be from the user: the model answers it")

@@ -449,10 +449,6 @@ class Card(_Strict):
             )
         return self.prompt_format
 
-    def names(self) -> list[str]:
-        """Every name this card can be looked up by, lowercased: id, aliases and the hub repository."""
-        return list(dict.fromkeys(n.lower() for n in [self.id, *self.aliases, self.source.repo]))
-
     @model_validator(mode="after")
     def _card_is_consistent(self) -> Card:
         arch, tok = self.architecture, self.tokenizer

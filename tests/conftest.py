@@ -70,6 +70,22 @@ class FakeSite:
 
 
 @pytest.fixture
+def h2ogpt_chat() -> tuple[list[dict[str, str]], str]:
+    """h2oGPT's own multi-turn example (h2oGPT tests/test_prompter.py) and the prompt it renders to."""
+    messages = [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "content": "I'm good"},
+        {"role": "user", "content": "Go to the market?"},
+    ]
+    return (
+        messages,
+        "<human>: Hello!\n<bot>: Hi!\n<human>: How are you?\n<bot>: I'm good\n<human>: Go to the market?\n<bot>:",
+    )
+
+
+@pytest.fixture
 def fake_site(tmp_path: Path) -> FakeSite:
     return FakeSite(tmp_path / "site")
 

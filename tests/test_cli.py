@@ -74,19 +74,10 @@ def test_prompt_h2ogpt_exact_bytes(run_cli):
     assert run_cli("prompt", "h2ogpt-oig-oasst1-falcon-40b", "Hi").stdout == "<human>: Hi\n<bot>:"
 
 
-def test_prompt_multi_turn_from_json_on_stdin(run_cli):
-    chat = [
-        {"role": "user", "content": "Hello!"},
-        {"role": "assistant", "content": "Hi!"},
-        {"role": "user", "content": "How are you?"},
-        {"role": "assistant", "content": "I'm good"},
-        {"role": "user", "content": "Go to the market?"},
-    ]
-    result = run_cli("prompt", "h2ogpt-falcon-40b", "--messages", "-", stdin=json.dumps(chat))
-    assert (
-        result.stdout
-        == "<human>: Hello!\n<bot>: Hi!\n<human>: How are you?\n<bot>: I'm good\n<human>: Go to the market?\n<bot>:"
-    )
+def test_prompt_multi_turn_from_json_on_stdin(run_cli, h2ogpt_chat):
+    messages, expected = h2ogpt_chat
+    result = run_cli("prompt", "h2ogpt-falcon-40b", "--messages", "-", stdin=json.dumps(messages))
+    assert result.stdout == expected
 
 
 @pytest.mark.parametrize(

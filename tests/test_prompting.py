@@ -25,16 +25,9 @@ def test_h2ogpt_single_turn_has_no_trailing_space():
     assert render(H2OGPT, "Hi") == "<human>: Hi\n<bot>:"
 
 
-def test_h2ogpt_three_turns_match_h2ogpt_test_prompter():
-    chat = [
-        {"role": "user", "content": "Hello!"},
-        {"role": "assistant", "content": "Hi!"},
-        {"role": "user", "content": "How are you?"},
-        {"role": "assistant", "content": "I'm good"},
-        {"role": "user", "content": "Go to the market?"},
-    ]
-    expected = "<human>: Hello!\n<bot>: Hi!\n<human>: How are you?\n<bot>: I'm good\n<human>: Go to the market?\n<bot>:"
-    assert render(H2OGPT, chat) == expected
+def test_h2ogpt_three_turns_match_h2ogpt_test_prompter(h2ogpt_chat):
+    messages, expected = h2ogpt_chat
+    assert render(H2OGPT, messages) == expected
 
 
 def test_aira_wraps_the_instruction_in_its_special_markers():

@@ -34,6 +34,13 @@ def test_every_first_party_card_validates():
     assert ids == {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b"}
 
 
+def test_pythia_lists_its_154_revisions():
+    source = load_card_file(REPO / "cards" / "pythia-1.4b.yaml").source
+    expected = ["step0", *(f"step{2**i}" for i in range(10)), *(f"step{k * 1000}" for k in range(1, 144))]
+    assert source.revisions == expected and len(expected) == 154
+    assert source.revision_aliases == {"main": "step143000"}
+
+
 def test_unknown_field_names_file_line_field_and_suggests(tmp_path, card_data):
     data = card_data("astrid-1b")
     data["architecture"]["hiden_size"] = 2048
