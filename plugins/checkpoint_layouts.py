@@ -19,6 +19,8 @@ def _with_bias(names: dict[str, str]) -> dict[str, str]:
     return {f"{ours}.{param}": f"{theirs}.{param}" for ours, theirs in names.items() for param in ("weight", "bias")}
 
 
+_COMMON_CONFIG = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "tie_word_embeddings": "tied_embeddings"}
+
 GPT_NEOX = CheckpointLayout(
     name="gpt-neox",
     description="GPT-NeoX (Pythia, Astrid): fused QKV laid out per head as [heads, 3, head_dim].",
@@ -42,6 +44,19 @@ GPT_NEOX = CheckpointLayout(
         **_with_bias({"final_norm": "gpt_neox.final_layer_norm"}),
         "lm_head.weight": "embed_out.weight",
     },
+    config={
+        **_COMMON_CONFIG,
+        "num_hidden_layers": "layers",
+        "num_attention_heads": "heads",
+        "intermediate_size": "ffn_size",
+        "rotary_pct": "positions.fraction",
+        "rotary_emb_base": "positions.base",
+        "layer_norm_eps": "norm.eps",
+        "use_parallel_residual": "residual.kind == parallel",
+        "max_position_embeddings": "context_length",
+        "hidden_act": "mlp",
+    },
+    ignored=[".attention.rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias"],
 )
 
 _FALCON_SHARED = {
@@ -49,6 +64,18 @@ _FALCON_SHARED = {
     "attn.out": "self_attention.dense",
     "mlp.up": "mlp.dense_h_to_4h",
     "mlp.down": "mlp.dense_4h_to_h",
+}
+_FALCON_CONFIG = {
+    **_COMMON_CONFIG,
+    "num_hidden_layers": "layers",
+    "n_layer": "layers",
+    "num_attention_heads": "heads",
+    "n_head": "heads",
+    "layer_norm_epsilon": "norm.eps",
+    "parallel_attn": "residual.kind == parallel",
+    "bias": "bias.qkv",
+    "alibi": "positions.kind == alibi",
+    "ffn_hidden_size": "ffn_size",
 }
 _FALCON_EDGES = {
     "embed.weight": "transformer.word_embeddings.weight",
@@ -66,6 +93,13 @@ FALCON = CheckpointLayout(
         **_FALCON_EDGES,
         **_block("transformer.h", _with_bias({"attn_norm": "ln_attn", "mlp_norm": "ln_mlp", **_FALCON_SHARED})),
     },
+    config={
+        **_FALCON_CONFIG,
+        "num_kv_heads": "kv_heads",
+        "n_head_kv": "kv_heads",
+        "new_decoder_architecture": "residual.shared_norm == False",
+    },
+    ignored=[".rotary_emb.inv_freq"],
 )
 
 FALCON_7B = CheckpointLayout(
@@ -78,6 +112,12 @@ FALCON_7B = CheckpointLayout(
         **_FALCON_EDGES,
         **_block("transformer.h", _with_bias({"attn_norm": "input_layernorm", **_FALCON_SHARED})),
     },
+    config={
+        **_FALCON_CONFIG,
+        "multi_query": "kv_heads == 1",
+        "new_decoder_architecture": "residual.shared_norm == False",
+    },
+    ignored=[".rotary_emb.inv_freq"],
 )
 
 LLAMA = CheckpointLayout(
@@ -104,6 +144,19 @@ LLAMA = CheckpointLayout(
         "final_norm.weight": "model.norm.weight",
         "lm_head.weight": "lm_head.weight",
     },
+    config={
+        **_COMMON_CONFIG,
+        "num_hidden_layers": "layers",
+        "num_attention_heads": "heads",
+        "num_key_value_heads": "kv_heads",
+        "intermediate_size": "ffn_size",
+        "rms_norm_eps": "norm.eps",
+        "rope_theta": "positions.base",
+        "attention_bias": "bias.qkv",
+        "mlp_bias": "bias.mlp",
+        "max_position_embeddings": "context_length",
+    },
+    ignored=[".self_attn.rotary_emb.inv_freq"],
 )
 
 _BTLM_LINEAR = {
@@ -127,6 +180,20 @@ BTLM = CheckpointLayout(
         **_with_bias({"final_norm": "transformer.ln_f"}),
     },
     transposed=[f"blocks.{{i}}.{name}.weight" for name in _BTLM_LINEAR],
+    config={
+        "vocab_size": "vocab_size",
+        "n_embd": "hidden_size",
+        "n_layer": "layers",
+        "n_head": "heads",
+        "n_inner": "ffn_size",
+        "n_positions": "context_length",
+        "layer_norm_epsilon": "norm.eps",
+        "position_embedding_type": "positions.kind",
+        "mup_embeddings_scale": "multipliers.embedding",
+        "mup_scale_qk_dot_by_d": "multipliers.attention == inverse_head_dim",
+        "tie_word_embeddings": "tied_embeddings",
+    },
+    ignored=[".attn.bias", ".attn.masked_bias"],
 )
 
 

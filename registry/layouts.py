@@ -16,11 +16,44 @@ headers alone. Plugins add layouts through the ``register_checkpoint_layouts`` h
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DECODER_TENSORS", "CheckpointLayout"]
+from modeldeck.registry.schema import Architecture
+
+__all__ = ["DECODER_TENSORS", "CheckpointLayout", "ConfigMismatch"]
+
+
+class ConfigMismatch(NamedTuple):
+    key: str  # in config.json
+    field: str  # in the card
+    card_value: Any
+    checkpoint_value: Any
+    rule: str
+
+    def describe(self) -> str:
+        return (
+            f"config.json {self.key}={self.checkpoint_value!r} disagrees with the card's {self.field} "
+            f"({self.card_value!r}; rule: {self.key} <-> {self.rule})"
+        )
+
+
+def _field(arch: Architecture, path: str) -> Any:
+    value: Any = arch
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _same(card_value: Any, checkpoint_value: Any) -> bool:
+    if isinstance(card_value, bool) or isinstance(checkpoint_value, bool):
+        return bool(card_value) == checkpoint_value if isinstance(checkpoint_value, bool) else False
+    if isinstance(card_value, (int, float)) and isinstance(checkpoint_value, (int, float)):
+        return math.isclose(card_value, checkpoint_value, rel_tol=1e-6)
+    return bool(card_value == checkpoint_value)
+
 
 DECODER_TENSORS = (
     "embed.weight",
@@ -60,6 +93,14 @@ class CheckpointLayout(BaseModel):
     transposed: list[str] = Field(
         default_factory=list, description="Decoder tensors stored [in, out] (GPT-2 Conv1D) rather than [out, in]."
     )
+    config: dict[str, str] = Field(
+        default_factory=dict,
+        description="config.json key -> the architecture field it must equal ('heads'), or a condition that "
+        "must equal the key's boolean value ('residual.kind == parallel'). Keys absent from config.json are skipped.",
+    )
+    ignored: list[str] = Field(
+        default_factory=list, description="Checkpoint tensor name suffixes that carry no weights (e.g. rotary caches)."
+    )
 
     @model_validator(mode="after")
     def _names_are_known(self) -> CheckpointLayout:
@@ -72,6 +113,20 @@ class CheckpointLayout(BaseModel):
         if unmapped:
             raise ValueError(f"layout {self.name!r} lists transposed tensors it does not map: {unmapped}")
         return self
+
+    def config_mismatches(self, arch: Architecture, config: dict[str, Any]) -> list[ConfigMismatch]:
+        """Where a checkpoint's config.json disagrees with the card's architecture."""
+        found = []
+        for key, rule in self.config.items():
+            if key not in config:
+                continue
+            field, _, literal = (part.strip() for part in rule.partition("=="))
+            card_value = _field(arch, field)
+            if literal:
+                card_value = str(card_value) == literal
+            if not _same(card_value, config[key]):
+                found.append(ConfigMismatch(key, f"architecture.{field}", card_value, config[key], rule))
+        return found
 
     def checkpoint_name(self, decoder_name: str, block: int | None = None) -> str:
         template = self.tensors[decoder_name]

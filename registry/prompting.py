@@ -13,12 +13,12 @@ the tokenizer's business, and user text is always tokenized as plain text by the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, TypedDict
+from typing import Literal, NamedTuple, TypedDict
 
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import PromptFormat
 
-__all__ = ["Message", "PromptError", "messages_from", "render_prompt"]
+__all__ = ["Message", "PromptError", "Segment", "messages_from", "render_prompt", "render_segments"]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -55,9 +55,23 @@ def messages_from(text_or_messages: str | Sequence[Mapping[str, object]], system
     return messages
 
 
+class Segment(NamedTuple):
+    """A piece of a rendered prompt: the format's own text (may hold special markers) or message content."""
+
+    text: str
+    from_format: bool
+
+
 def render_prompt(
     fmt: PromptFormat, conversation: str | Sequence[Mapping[str, object]], system: str | None = None
 ) -> str:
+    return "".join(s.text for s in render_segments(fmt, conversation, system))
+
+
+def render_segments(
+    fmt: PromptFormat, conversation: str | Sequence[Mapping[str, object]], system: str | None = None
+) -> list[Segment]:
+    """The prompt as segments, so a tokenizer can keep user text away from special tokens."""
     messages = messages_from(conversation, system)
     system_text: str | None = None
     if messages and messages[0]["role"] == "system":
@@ -69,16 +83,15 @@ def render_prompt(
                 f"prompt format {fmt.name!r} has no system prompt; put the instructions in the user message instead"
             )
         first = messages[0]
-        messages[0] = {"role": "user", "content": system_text + fmt.system.separator + first["content"]}
+        messages[0] = Message(role="user", content=system_text + fmt.system.separator + first["content"])
         system_text = None
-    parts = [fmt.begin]
-    if system_text is not None:
-        parts.append(fmt.system.turn.prefix + system_text + fmt.system.turn.suffix)
-    for m in messages:
-        turn = fmt.user if m["role"] == "user" else fmt.assistant
-        parts.append(turn.prefix + m["content"] + turn.suffix)
-    parts.append(fmt.answer_prefix)
-    return "".join(parts)
+    segments = [Segment(fmt.begin, True)]
+    turns = [(fmt.system.turn, system_text)] if system_text is not None else []
+    turns += [(fmt.user if m["role"] == "user" else fmt.assistant, m["content"]) for m in messages]
+    for turn, content in turns:
+        segments += [Segment(turn.prefix, True), Segment(content, False), Segment(turn.suffix, True)]
+    segments.append(Segment(fmt.answer_prefix, True))
+    return [s for s in segments if s.text]
 
 
 def _check_turns(fmt: PromptFormat, messages: list[Message], offset: int) -> None:

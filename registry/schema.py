@@ -101,6 +101,11 @@ class Source(_Strict):
         default_factory=dict, description="Revisions that name the same checkpoint, e.g. main: step143000."
     )
     files: list[PinnedFile] = Field(default_factory=list, description="Files pinned by sha256 and size.")
+    bundled: Annotated[str, Field(pattern=r"^[\w.]+:[\w./-]+$")] | None = Field(
+        default=None,
+        description="Weights shipped inside a Python package, as 'package:folder' (e.g. modeldeck.cards:tiny-neox); "
+        "used instead of the hub, so the model runs with no network.",
+    )
 
     @model_validator(mode="after")
     def _revisions_are_consistent(self) -> Source:

@@ -1,5 +1,17 @@
 """modeldeck.runtime: turns a card into a running model (the only place torch is imported).
 
-Empty for now: the generic decoder, checkpoint loading, attention backends and generation land with
-the runtime issue. `modeldeck.registry` works without this package's dependencies.
+    from modeldeck import runtime
+    model = runtime.load("aira-2-1b1", weights="path/to/checkpoint")   # or a card object
+    model.generate("What is a language model?").text
+    for piece in model.stream("Tell me about the for statement"): print(piece, end="")
+    model.chat([{"role": "user", "content": "Hi"}])
+
+Defaults come from the card; every keyword overrides them.
 """
+
+from __future__ import annotations
+
+from modeldeck.runtime.engine import Generation, Model, load
+from modeldeck.runtime.generate import Completion, GenerationError
+
+__all__ = ["Completion", "Generation", "GenerationError", "Model", "load"]

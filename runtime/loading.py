@@ -1,0 +1,247 @@
+"""Checkpoint -> Decoder: check everything from the headers first, then assign tensors into a meta-built model.
+
+    1. read config.json and the safetensors headers (sharded or not): names, shapes, dtypes;
+    2. compare with what the card's architecture and checkpoint layout imply: missing, unexpected and
+       mis-shaped tensors, config.json fields: every problem in one error, before any weight is read;
+    3. build the Decoder on the meta device, read each tensor (memory-mapped), reorder fused QKV
+       rows to [q | k | v], convert to the requested dtype once, and `load_state_dict(assign=True)`.
+
+Nothing half-loaded survives an error: the model only exists once every tensor is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.layouts import CheckpointLayout
+from modeldeck.registry.schema import Architecture, Card
+from modeldeck.runtime.model import Decoder, alibi_slopes
+
+__all__ = ["CheckpointError", "load_decoder", "read_headers"]
+
+
+class CheckpointError(ModeldeckError):
+    def __init__(self, directory: Path, problems: list[str], hint: str):
+        self.problems = problems
+        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
+        lines = "\n".join(f"  - {p}" for p in shown)
+        super().__init__(f"checkpoint {directory} does not match the card:\n{lines}\n{hint}")
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(directory, [f"{index.name} is not a valid index ({exc})"], "re-download it") from None
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            raise CheckpointError(
+                directory,
+                [f"shard {s} listed in {index.name} is missing" for s in missing],
+                "re-download the checkpoint",
+            )
+        return [directory / s for s in shards]
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        bins = sorted(p.name for p in directory.glob("*.bin"))
+        hint = (
+            "it holds only pickle checkpoints, which can run code when loaded; convert them to safetensors"
+            if bins
+            else "point weights= at a folder with config.json and *.safetensors"
+        )
+        raise CheckpointError(directory, [f"no *.safetensors files (found: {', '.join(bins) or 'none'})"], hint)
+    return files
+
+
+def read_headers(directory: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Tensor name -> (file, shape), from the safetensors headers only."""
+    found: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for path in _weight_files(directory):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    found[name] = (path, tuple(f.get_slice(name).get_shape()))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(
+                directory,
+                [f"{path.name} is not a readable safetensors file: {exc}"],
+                "the file is truncated or corrupt: download it again",
+            ) from None
+    return found
+
+
+# --- what the card implies -------------------------------------------------------------------------
+
+_SHAPE_SOURCES = {
+    "embed": "architecture.vocab_size x hidden_size",
+    "lm_head": "architecture.vocab_size x hidden_size",
+    "norm": "architecture.hidden_size",
+    "attn.qkv": "(architecture.heads + 2 kv_heads) x head_dim, by hidden_size",
+    "attn.q": "architecture.heads x head_dim, by hidden_size",
+    "attn.k": "architecture.kv_heads x head_dim, by hidden_size",
+    "attn.v": "architecture.kv_heads x head_dim, by hidden_size",
+    "attn.out": "architecture.hidden_size by heads x head_dim",
+    "mlp.up": "architecture.ffn_size by hidden_size",
+    "mlp.gate": "architecture.ffn_size by hidden_size",
+    "mlp.down": "architecture.hidden_size by ffn_size",
+    "alibi": "architecture.heads",
+}
+
+
+def _why(decoder_name: str) -> str:
+    return next((why for key, why in _SHAPE_SOURCES.items() if key in decoder_name), "architecture")
+
+
+def _template(name: str) -> tuple[str, int | None]:
+    match = re.match(r"blocks\.(\d+)\.(.*)", name)
+    return (f"blocks.{{i}}.{match[2]}", int(match[1])) if match else (name, None)
+
+
+def _sources(
+    layout: CheckpointLayout, arch: Architecture, name: str, shape: tuple[int, ...]
+) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The checkpoint tensors that make decoder tensor `name`: (decoder part, checkpoint name, checkpoint shape)."""
+    template, block = _template(name)
+    if layout.qkv == "separate" and template.startswith("blocks.{i}.attn.qkv."):
+        param = template.rsplit(".", 1)[1]
+        rows = {"q": arch.heads * arch.head_dim, "k": arch.kv_heads * arch.head_dim, "v": arch.kv_heads * arch.head_dim}
+        return [
+            (
+                f"blocks.{{i}}.attn.{part}.{param}",
+                layout.checkpoint_name(f"blocks.{{i}}.attn.{part}.{param}", block),
+                (n, *shape[1:]),
+            )
+            for part, n in rows.items()
+        ]
+    if template not in layout.tensors:
+        raise ModeldeckError(f"checkpoint layout {layout.name!r} has no tensor for the decoder's {template}")
+    stored = tuple(reversed(shape)) if template in layout.transposed else shape
+    return [(template, layout.checkpoint_name(template, block), stored)]
+
+
+def _plan(card: Card, layout: CheckpointLayout, decoder: Decoder) -> dict[str, list[tuple[str, str, tuple[int, ...]]]]:
+    plan = {name: _sources(layout, card.architecture, name, tuple(t.shape)) for name, t in decoder.state_dict().items()}
+    if decoder.alibi is not None and "alibi_slopes" in layout.tensors:
+        plan["alibi_slopes"] = [("alibi_slopes", layout.tensors["alibi_slopes"], (card.architecture.heads, 1))]
+    return plan
+
+
+def _check(
+    card: Card, layout: CheckpointLayout, directory: Path, plan: dict[str, Any], headers: dict[str, Any]
+) -> None:
+    problems: list[str] = []
+    wanted = {ckpt: (part, shape) for sources in plan.values() for part, ckpt, shape in sources}
+    missing = sorted(set(wanted) - set(headers))
+    if missing:
+        problems.append(
+            f"missing tensors ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+        )
+    optional = (
+        {layout.tensors["lm_head.weight"]}
+        if card.architecture.tied_embeddings and "lm_head.weight" in layout.tensors
+        else set()
+    )
+    unexpected = sorted(n for n in set(headers) - set(wanted) - optional if not n.endswith(tuple(layout.ignored)))
+    if unexpected:
+        problems.append(
+            f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''} "
+            "(does the card's architecture.bias or tied_embeddings match the checkpoint?)"
+        )
+    for ckpt, (part, shape) in sorted(wanted.items()):
+        if ckpt in headers and headers[ckpt][1] != shape:
+            problems.append(f"tensor {ckpt}: expected shape {list(shape)} ({_why(part)}), got {list(headers[ckpt][1])}")
+    config_path = directory / "config.json"
+    if config_path.exists():
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            problems.append(f"config.json is not valid JSON: {exc}")
+        else:
+            model_type = config.get("model_type")
+            if model_type is not None and model_type not in layout.config_model_types:
+                problems.append(
+                    f"config.json model_type {model_type!r} is not one the {layout.name!r} layout reads "
+                    f"({', '.join(layout.config_model_types)})"
+                )
+            problems += [m.describe() for m in layout.config_mismatches(card.architecture, config)]
+    if problems:
+        raise CheckpointError(
+            directory,
+            problems,
+            f"check that these weights belong to card {card.id!r} (layout {layout.name!r}) and fix the card or the weights",
+        )
+
+
+# --- assembling the decoder ----------------------------------------------------------------------
+
+
+def _reorder_qkv(tensor: torch.Tensor, layout: CheckpointLayout, arch: Architecture) -> torch.Tensor:
+    """Fused QKV rows (weight [rows, in] or bias [rows]) in the checkpoint's order -> [q heads | k heads | v heads]."""
+    rest = tensor.shape[1:]
+    heads, kv, dim = arch.heads, arch.kv_heads, arch.head_dim
+    if layout.qkv == "per_head":
+        t = tensor.view(heads, 3, dim, *rest)  # [H, 3, D, ...]
+        q, k, v = t[:, 0], t[:, 1], t[:, 2]
+    elif layout.qkv == "grouped":
+        t = tensor.view(kv, heads // kv + 2, dim, *rest)  # [KV, H/KV + 2, D, ...]
+        q, k, v = t[:, :-2], t[:, -2], t[:, -1]
+    else:
+        return tensor
+    return torch.cat([q.reshape(heads * dim, *rest), k.reshape(kv * dim, *rest), v.reshape(kv * dim, *rest)])
+
+
+@contextmanager
+def _open_tensors(headers: dict[str, tuple[Path, tuple[int, ...]]]) -> Iterator[Callable[[str], torch.Tensor]]:
+    """A reader of tensors by name across all shards (memory-mapped; each file opened once)."""
+    with ExitStack() as stack:
+        files = {path: stack.enter_context(safe_open(str(path), framework="pt")) for path, _ in headers.values()}
+        yield lambda name: files[headers[name][0]].get_tensor(name)
+
+
+def load_decoder(
+    card: Card, layout: CheckpointLayout, directory: Path, dtype: torch.dtype, device: torch.device
+) -> Decoder:
+    arch = card.architecture
+    with torch.device("meta"):
+        decoder = Decoder(arch)
+    plan = _plan(card, layout, decoder)
+    headers = read_headers(directory)
+    _check(card, layout, directory, plan, headers)
+    state: dict[str, torch.Tensor] = {}
+    with _open_tensors(headers) as get:
+        for name, sources in plan.items():
+            parts = [get(ckpt) for _, ckpt, _ in sources]
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+            template = sources[0][0]
+            if template in layout.transposed:
+                tensor = tensor.t()
+            if template.startswith("blocks.{i}.attn.qkv."):
+                tensor = _reorder_qkv(tensor, layout, arch)
+            state[name] = tensor.to(device=device, dtype=dtype).contiguous()
+    slopes = state.pop("alibi_slopes", None)
+    if slopes is not None and decoder.alibi is not None:
+        expected = alibi_slopes(arch.heads)
+        if not torch.allclose(slopes.float().flatten().cpu(), expected, rtol=1e-3):
+            raise CheckpointError(
+                directory,
+                [
+                    f"tensor {layout.tensors['alibi_slopes']} holds ALiBi slopes {slopes.flatten().tolist()[:4]}..., "
+                    f"expected the standard slopes for {arch.heads} heads {expected.tolist()[:4]}..."
+                ],
+                "the checkpoint uses non-standard ALiBi slopes, which modeldeck does not support",
+            )
+    decoder.load_state_dict(state, strict=True, assign=True)
+    if decoder.alibi is not None:
+        decoder.alibi = decoder.alibi.to(device)
+    return decoder.eval()

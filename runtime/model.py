@@ -1,0 +1,242 @@
+"""One generic decoder, built from a card's architecture. Every supported family is data, not a subclass.
+
+    tokens ─► embed (x embedding multiplier) ─► N x Block ─► final norm ─► LM head (tied or not, x logit multiplier)
+
+A Block is attention + MLP around the residual stream, in one of three arrangements:
+
+    sequential                    parallel, two norms             parallel, one shared norm
+    x = x + attn(norm1(x))        x = x + attn(norm1(x))          h = norm1(x)
+    x = x + mlp(norm2(x))               + mlp(norm2(x))           x = x + attn(h) + mlp(h)
+    (Llama, BTLM)                 (GPT-NeoX, Falcon-40B)          (Falcon-7B)
+
+Attention uses one fused QKV projection whose rows are [q heads | k heads | v heads]; checkpoint
+layouts that arrange them differently are reordered once at load time (runtime/loading.py).
+Grouped-query attention: H query heads share KV key/value heads, H / KV queries per group:
+
+    q heads:  q0 q1 q2 q3 | q4 q5 q6 q7        (H = 8)
+    kv heads:    k0 v0    |    k1 v1           (KV = 2; MHA: KV = H; MQA: KV = 1)
+
+Positions are rotary (GPT-NeoX half-split rotation on the first `fraction` of each head's dims) or
+ALiBi (a per-head linear bias on the attention scores).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modeldeck.registry.schema import AlibiPositions, Architecture, RotaryPositions
+from modeldeck.runtime.attention import AttentionFn
+
+__all__ = ["Decoder", "KVCache", "alibi_slopes"]
+
+
+class KVCache:
+    """Preallocated keys and values, [layers, B, S, KV, D], plus how many tokens each sequence holds."""
+
+    def __init__(
+        self, arch: Architecture, batch: int, length: int, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
+        shape = (arch.layers, batch, length, arch.kv_heads, arch.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor) -> None:
+        """Store k/v [B, T, KV, D] at positions start[b] .. start[b] + T - 1 of each sequence."""
+        queries = k.shape[1]
+        first = int(start[0])
+        if bool((start == first).all()):  # the common case: one slice for the whole batch
+            self.k[layer, :, first : first + queries] = k
+            self.v[layer, :, first : first + queries] = v
+            return
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]  # [B, 1]
+        columns = start[:, None] + torch.arange(queries, device=k.device)  # [B, T]
+        self.k[layer][rows, columns] = k
+        self.v[layer][rows, columns] = v
+
+    def view(self, layer: int, used: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the first `used` cache positions: [B, used, KV, D] each."""
+        return self.k[layer, :, :used], self.v[layer, :, :used]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def make_norm(arch: Architecture) -> nn.Module:
+    if arch.norm.kind == "rmsnorm":
+        return RMSNorm(arch.hidden_size, arch.norm.eps)
+    return nn.LayerNorm(arch.hidden_size, eps=arch.norm.eps)
+
+
+class GELUMLP(nn.Module):
+    """down(gelu(up(x))), exact erf GELU."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.up = nn.Linear(arch.hidden_size, arch.ffn_size, bias=arch.bias.mlp)
+        self.down = nn.Linear(arch.ffn_size, arch.hidden_size, bias=arch.bias.mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class SwiGLUMLP(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.gate = nn.Linear(arch.hidden_size, arch.ffn_size, bias=arch.bias.mlp)
+        self.up = nn.Linear(arch.hidden_size, arch.ffn_size, bias=arch.bias.mlp)
+        self.down = nn.Linear(arch.ffn_size, arch.hidden_size, bias=arch.bias.mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
+    """GPT-NeoX rotary on the first `dims` of the last axis: halves [a, b] -> [a cos - b sin, b cos + a sin]."""
+    rot, rest = x[..., :dims], x[..., dims:]
+    a, b = rot.chunk(2, dim=-1)
+    rotated = rot * cos + torch.cat((-b, a), dim=-1) * sin
+    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """The standard ALiBi slopes, including head counts that are not a power of two."""
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(heads))
+    slopes = power_of_two(closest) + power_of_two(2 * closest)[0::2][: heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32, device="cpu")
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = arch.heads, arch.kv_heads, arch.head_dim
+        self.qkv = nn.Linear(arch.hidden_size, (arch.heads + 2 * arch.kv_heads) * arch.head_dim, bias=arch.bias.qkv)
+        self.out = nn.Linear(arch.heads * arch.head_dim, arch.hidden_size, bias=arch.bias.attention_output)
+        power = 1.0 if arch.multipliers.attention == "inverse_head_dim" else 0.5
+        self.scale = arch.head_dim**-power
+
+    def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
+        batch, queries, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1
+        )
+        q = q.view(batch, queries, self.heads, self.head_dim)  # [B, T, H, D]
+        k = k.view(batch, queries, self.kv_heads, self.head_dim)  # [B, T, KV, D]
+        v = v.view(batch, queries, self.kv_heads, self.head_dim)  # [B, T, KV, D]
+        if ctx.rotary_dims:
+            q = rotate(q, ctx.cos, ctx.sin, ctx.rotary_dims)
+            k = rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
+        ctx.cache.write(layer, k, v, ctx.start)
+        keys, values = ctx.cache.view(layer, ctx.used)
+        out = ctx.attend(q, keys, values, ctx.start, self.scale, ctx.bias)  # [B, T, H, D]
+        return self.out(out.reshape(batch, queries, self.heads * self.head_dim))
+
+
+class Block(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.parallel = arch.residual.kind == "parallel"
+        self.attn_norm = make_norm(arch)
+        self.mlp_norm = None if arch.residual.shared_norm else make_norm(arch)
+        self.attn = Attention(arch)
+        self.mlp = SwiGLUMLP(arch) if arch.mlp == "swiglu" else GELUMLP(arch)
+
+    def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
+        h = self.attn_norm(x)
+        attended = self.attn(h, ctx, layer)
+        if self.parallel:
+            return x + attended + self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
+        x = x + attended
+        assert self.mlp_norm is not None  # a sequential block always has its own MLP norm
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Context:
+    """What every layer of one forward pass shares: cache, positions, rotary tables or ALiBi bias."""
+
+    def __init__(self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, attend: AttentionFn):
+        self.cache, self.start, self.attend = cache, start, attend
+        self.used = int((start + queries).max())  # cache positions any query can see
+        positions = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
+        self.rotary_dims = decoder.rotary_dims
+        self.cos = self.sin = torch.empty(0)
+        self.bias: torch.Tensor | None = None
+        if self.rotary_dims:
+            inv_freq = decoder.rotary_base ** -(
+                torch.arange(0, self.rotary_dims, 2, device=start.device, dtype=torch.float32) / self.rotary_dims
+            )
+            angles = positions[..., None].float() * inv_freq  # [B, T, dims/2]
+            angles = torch.cat((angles, angles), dim=-1)[:, :, None, :]  # [B, T, 1, dims]
+            self.cos, self.sin = angles.cos(), angles.sin()
+        if decoder.alibi is not None:
+            # bias[b, h, t, j] = -slope_h * (position - j); masked (future) keys are removed by the backend.
+            distance = positions[:, None, :, None] - torch.arange(self.used, device=start.device)  # [B, 1, T, S]
+            self.bias = -decoder.alibi.to(start.device)[None, :, None, None] * distance.float()  # [B, H, T, S]
+
+
+class Decoder(nn.Module):
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.arch = arch
+        self.embed = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        self.blocks = nn.ModuleList(Block(arch) for _ in range(arch.layers))
+        self.final_norm = make_norm(arch)
+        self.lm_head = (
+            None if arch.tied_embeddings else nn.Linear(arch.hidden_size, arch.vocab_size, bias=arch.bias.lm_head)
+        )
+        self.rotary_dims = arch.rotary_dims
+        self.rotary_base = arch.positions.base if isinstance(arch.positions, RotaryPositions) else 0.0
+        # Computed, not loaded: a checkpoint's stored slopes are checked against these at load time.
+        self.alibi = alibi_slopes(arch.heads) if isinstance(arch.positions, AlibiPositions) else None
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        attend: AttentionFn,
+        start: torch.Tensor | None = None,
+        last: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for `tokens` [B, T] placed after `start[b]` cached tokens (default: the cache's lengths).
+
+        With `last` [B] (each sequence's last real query index), returns logits [B, V] for those
+        positions only; otherwise [B, T, V]. The cache's lengths are not advanced: the caller does.
+        """
+        start = cache.lengths if start is None else start
+        ctx = Context(self, cache, start, tokens.shape[1], attend)
+        x = self.embed(tokens)  # [B, T, d]
+        if self.arch.multipliers.embedding != 1.0:
+            x = x * self.arch.multipliers.embedding
+        for layer, block in enumerate(self.blocks):
+            x = block(x, ctx, layer)
+        if last is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), last]  # [B, d]
+        x = self.final_norm(x)
+        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, head, None if self.lm_head is None else self.lm_head.bias)  # [B, (T,) V]
+        if self.arch.multipliers.logits != 1.0:
+            logits = logits * self.arch.multipliers.logits
+        return logits

@@ -1,0 +1,97 @@
+"""Tokenization that keeps user text away from special tokens.
+
+A rendered prompt is a list of segments: the format's own text, and message content. Only the
+markers the card declares special, found in the format's own text, become special token ids.
+Everything else (including a user typing `<|endofinstruction|>`) is encoded as plain text, with the
+tokenizer told not to recognise special tokens in it. Plain text between two special markers is
+encoded as one piece, exactly as Hugging Face tokenizers split around added tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.prompting import Segment
+from modeldeck.registry.schema import Card
+
+__all__ = ["TextTokenizer", "load_tokenizer"]
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer: Tokenizer, card: Card):
+        self.backend = tokenizer
+        self.card = card
+        declared = card.tokenizer.declared_special()
+        special_markers = sorted((m.text for m in card.tokenizer.markers if m.special), key=len, reverse=True)
+        self.marker_ids = {text: declared[text] for text in special_markers}
+        self._marker_pattern = re.compile("|".join(map(re.escape, special_markers))) if special_markers else None
+        self.eos_ids = {card.tokenizer.eos.id}
+        self.pad_id = (card.tokenizer.pad or card.tokenizer.eos).id
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text: special-token strings in it are ordinary characters."""
+        if not text:
+            return []
+        self.backend.encode_special_tokens = True
+        try:
+            return list(self.backend.encode(text, add_special_tokens=False).ids)
+        finally:
+            self.backend.encode_special_tokens = False
+
+    def encode_segments(self, segments: list[Segment]) -> list[int]:
+        ids: list[int] = []
+        pending = ""  # plain text waiting for the next special marker
+        for segment in segments:
+            if not segment.from_format or self._marker_pattern is None:
+                pending += segment.text
+                continue
+            last = 0
+            for match in self._marker_pattern.finditer(segment.text):
+                ids += [*self.encode_text(pending + segment.text[last : match.start()]), self.marker_ids[match.group()]]
+                pending, last = "", match.end()
+            pending += segment.text[last:]
+        return ids + self.encode_text(pending)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.backend.decode(ids, skip_special_tokens=True))
+
+
+def load_tokenizer(card: Card, directory: Path) -> TextTokenizer:
+    """tokenizer.json if the checkpoint has one; else a SentencePiece tokenizer.model converted by transformers."""
+    path = directory / "tokenizer.json"
+    if path.exists():
+        try:
+            return TextTokenizer(Tokenizer.from_file(str(path)), card)
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises plain Exceptions
+            raise ModeldeckError(f"cannot load the tokenizer {path}: {exc}") from None
+    if (directory / "tokenizer.model").exists():
+        return TextTokenizer(_from_sentencepiece(card, directory / "tokenizer.model"), card)
+    raise ModeldeckError(
+        f"no tokenizer in {directory}: expected tokenizer.json (or tokenizer.model); the card lists {card.tokenizer.files}"
+    )
+
+
+def _from_sentencepiece(card: Card, model_file: Path) -> Tokenizer:
+    """Convert tokenizer.model (Llama SentencePiece) to a fast tokenizer, then add the card's special tokens."""
+    try:
+        from transformers import LlamaTokenizerFast
+    except ImportError as exc:
+        raise ModeldeckError(f"reading {model_file} needs transformers and sentencepiece: {exc}") from None
+    slow = LlamaTokenizerFast(vocab_file=str(model_file), legacy=False, add_bos_token=False, add_eos_token=False)
+    tokenizer: Tokenizer = slow.backend_tokenizer
+    specials = sorted(card.tokenizer.declared_special().items(), key=lambda item: item[1])
+    from tokenizers import AddedToken
+
+    for text, token_id in specials:
+        if tokenizer.token_to_id(text) is None:
+            tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=False)])
+        if tokenizer.token_to_id(text) != token_id:
+            raise ModeldeckError(
+                f"{model_file}: special token {text!r} gets id {tokenizer.token_to_id(text)}, the card says {token_id}; "
+                "ship the checkpoint's tokenizer.json or fix the card's ids"
+            )
+    return tokenizer
