@@ -19,7 +19,14 @@ def _with_bias(names: dict[str, str]) -> dict[str, str]:
     return {f"{ours}.{param}": f"{theirs}.{param}" for ours, theirs in names.items() for param in ("weight", "bias")}
 
 
-_COMMON_CONFIG = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "tie_word_embeddings": "tied_embeddings"}
+_COMMON_CONFIG = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "tie_word_embeddings": "tied_embeddings",
+    # transformers v5 writes rope settings here (v4 configs use the family's own keys below)
+    "rope_parameters.rope_theta": "positions.base",
+    "rope_parameters.partial_rotary_factor": "positions.fraction",
+}
 
 GPT_NEOX = CheckpointLayout(
     name="gpt-neox",

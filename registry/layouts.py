@@ -40,6 +40,19 @@ class ConfigMismatch(NamedTuple):
         )
 
 
+_ABSENT = object()
+
+
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    """config["a.b"] means config["a"]["b"] (transformers v5 nests rope settings in rope_parameters)."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _ABSENT
+        value = value[part]
+    return value
+
+
 def _field(arch: Architecture, path: str) -> Any:
     value: Any = arch
     for part in path.split("."):
@@ -95,8 +108,8 @@ class CheckpointLayout(BaseModel):
     )
     config: dict[str, str] = Field(
         default_factory=dict,
-        description="config.json key -> the architecture field it must equal ('heads'), or a condition that "
-        "must equal the key's boolean value ('residual.kind == parallel'). Keys absent from config.json are skipped.",
+        description="config.json key ('a.b' for nested) -> the architecture field it must equal ('heads'), or a "
+        "condition that must equal the key's boolean value ('residual.kind == parallel'). Absent keys are skipped.",
     )
     ignored: list[str] = Field(
         default_factory=list, description="Checkpoint tensor name suffixes that carry no weights (e.g. rotary caches)."
@@ -118,14 +131,15 @@ class CheckpointLayout(BaseModel):
         """Where a checkpoint's config.json disagrees with the card's architecture."""
         found = []
         for key, rule in self.config.items():
-            if key not in config:
+            stored = _lookup(config, key)
+            if stored is _ABSENT:
                 continue
             field, _, literal = (part.strip() for part in rule.partition("=="))
             card_value = _field(arch, field)
             if literal:
                 card_value = str(card_value) == literal
-            if not _same(card_value, config[key]):
-                found.append(ConfigMismatch(key, f"architecture.{field}", card_value, config[key], rule))
+            if not _same(card_value, stored):
+                found.append(ConfigMismatch(key, f"architecture.{field}", card_value, stored, rule))
         return found
 
     def checkpoint_name(self, decoder_name: str, block: int | None = None) -> str:

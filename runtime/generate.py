@@ -164,6 +164,7 @@ class _Sequence:
     finish: FinishReason | None = None
 
 
+@torch.inference_mode()
 def generate_tokens(
     decoder: Decoder,
     prompts: list[list[int]],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.prompting import Segment
@@ -76,17 +76,27 @@ def load_tokenizer(card: Card, directory: Path) -> TextTokenizer:
 
 
 def _from_sentencepiece(card: Card, model_file: Path) -> Tokenizer:
-    """Convert tokenizer.model (Llama SentencePiece) to a fast tokenizer, then add the card's special tokens."""
+    """A Llama SentencePiece tokenizer.model as a fast BPE tokenizer (Hugging Face's "legacy" Llama-2 setup),
+    plus the card's special tokens, which must land on the ids the card declares."""
     try:
-        from transformers import LlamaTokenizerFast
+        import sentencepiece
+        from transformers.tokenization_utils_base import generate_merges
     except ImportError as exc:
-        raise ModeldeckError(f"reading {model_file} needs transformers and sentencepiece: {exc}") from None
-    slow = LlamaTokenizerFast(vocab_file=str(model_file), legacy=False, add_bos_token=False, add_eos_token=False)
-    tokenizer: Tokenizer = slow.backend_tokenizer
-    specials = sorted(card.tokenizer.declared_special().items(), key=lambda item: item[1])
-    from tokenizers import AddedToken
-
-    for text, token_id in specials:
+        raise ModeldeckError(f"reading {model_file} needs sentencepiece and transformers: {exc}") from None
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+    merges = generate_merges(vocab, dict(pieces))  # ordered by score, as SentencePiece merges
+    tokenizer = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token=sp.id_to_piece(sp.unk_id()), fuse_unk=True, byte_fallback=True)
+    )
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    controls = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
+    tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in controls])
+    for text, token_id in sorted(card.tokenizer.declared_special().items(), key=lambda item: item[1]):
         if tokenizer.token_to_id(text) is None:
             tokenizer.add_special_tokens([AddedToken(text, special=True, normalized=False)])
         if tokenizer.token_to_id(text) != token_id:

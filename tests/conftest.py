@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -112,3 +114,111 @@ def run_cli(fake_site: FakeSite) -> CliRunner:
         )
 
     return run
+
+
+# --- tiny checkpoints in the exact Hugging Face layout, with transformers' model as the reference ----
+
+TINY_FAMILIES = {
+    # family: (seed card whose tokenizer, prompt format and defaults are kept, architecture changes)
+    "gpt-neox": ("pythia-1.4b", {"heads": 8, "kv_heads": 8}),
+    "falcon": ("h2ogpt-oig-oasst1-falcon-40b", {"heads": 8, "kv_heads": 2}),
+    "falcon-7b": (
+        "h2ogpt-oig-oasst1-falcon-40b",
+        {
+            "heads": 8,
+            "kv_heads": 1,
+            "checkpoint_layout": "falcon-7b",
+            "residual": {"kind": "parallel", "shared_norm": True},
+        },
+    ),
+    "llama": ("aira-2-1b1", {"heads": 8, "kv_heads": 2}),
+    "astrid": ("astrid-1b", {"heads": 8, "kv_heads": 8}),
+}
+TOKENIZERS = {  # seed card -> its real tokenizer in ../shared/reference/tokenizers
+    "pythia-1.4b": "gpt-neox/tokenizer.json",
+    "astrid-1b": "gpt-neox/tokenizer.json",
+    "h2ogpt-oig-oasst1-falcon-40b": "falcon/tokenizer.json",
+    "aira-2-1b1": "llama-spm/tokenizer.model",
+}
+
+
+def tiny_card_data(seed: str, changes: dict) -> dict:
+    """The seed card with only its architecture shrunk (same layout, prompt format, tokenizer, defaults)."""
+    data = yaml.safe_load((CARDS / f"{seed}.yaml").read_text(encoding="utf-8"))
+    data["id"], data["aliases"] = f"tiny-{seed}", []
+    data["architecture"] = {**data["architecture"], "layers": 2, "hidden_size": 64, "ffn_size": 128, **changes}
+    data["parameters"] = {}
+    return data
+
+
+def hf_config(card):
+    """The transformers config for a card's architecture, written here independently of modeldeck's layouts."""
+    import transformers
+
+    a = card.architecture
+    common = {
+        "vocab_size": a.vocab_size,
+        "hidden_size": a.hidden_size,
+        "num_hidden_layers": a.layers,
+        "num_attention_heads": a.heads,
+        "max_position_embeddings": a.context_length,
+        "tie_word_embeddings": a.tied_embeddings,
+        "initializer_range": 0.1,
+    }
+    if a.checkpoint_layout == "gpt-neox":
+        return transformers.GPTNeoXConfig(
+            **common,
+            intermediate_size=a.ffn_size,
+            rotary_pct=a.positions.fraction,
+            rotary_emb_base=a.positions.base,
+            use_parallel_residual=a.residual.kind == "parallel",
+            layer_norm_eps=a.norm.eps,
+        )
+    if a.checkpoint_layout == "llama":
+        return transformers.LlamaConfig(
+            **common, num_key_value_heads=a.kv_heads, intermediate_size=a.ffn_size, rms_norm_eps=a.norm.eps
+        )
+    return transformers.FalconConfig(
+        **common,
+        num_kv_heads=a.kv_heads,
+        new_decoder_architecture=a.checkpoint_layout == "falcon",
+        multi_query=a.kv_heads == 1,
+        parallel_attn=True,
+        bias=False,
+        ffn_hidden_size=a.ffn_size,
+        layer_norm_epsilon=a.norm.eps,
+    )
+
+
+@dataclasses.dataclass
+class TinyCheckpoint:
+    directory: Path
+    card: object  # modeldeck Card
+    reference: object  # the transformers model, fp32, eval mode
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """tiny_checkpoint(family) -> TinyCheckpoint, built once per session with random weights."""
+    built: dict[str, TinyCheckpoint] = {}
+
+    def build(family: str) -> TinyCheckpoint:
+        if family in built:
+            return built[family]
+        torch = pytest.importorskip("torch")
+        transformers = pytest.importorskip("transformers")
+        from modeldeck import registry
+
+        seed, changes = TINY_FAMILIES[family]
+        card = registry.default().resolve_card(registry.card_from_data(tiny_card_data(seed, changes), family), family)
+        torch.manual_seed(sorted(TINY_FAMILIES).index(family))
+        model = transformers.AutoModelForCausalLM.from_config(hf_config(card), attn_implementation="eager").eval()
+        directory = tmp_path_factory.mktemp(f"tiny-{family}")
+        model.save_pretrained(directory)
+        if not (REFERENCE / "tokenizers").is_dir():
+            pytest.skip(f"the real tokenizers are not at {REFERENCE / 'tokenizers'} (shared/ beside the clone)")
+        shutil.copy(REFERENCE / "tokenizers" / TOKENIZERS[seed], directory)
+        built[family] = TinyCheckpoint(directory, card, model)
+        return built[family]
+
+    return build
