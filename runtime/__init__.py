@@ -11,6 +11,14 @@ Defaults come from the card; every keyword overrides them.
 
 from __future__ import annotations
 
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # the registry works without torch; the runtime cannot
+    raise ImportError(
+        f"modeldeck.runtime needs torch ({exc}); install the runtime extra: pip install 'modeldeck[runtime]' "
+        "(install the torch build for your hardware first)"
+    ) from exc
+
 from modeldeck.runtime.engine import Generation, Model, load
 from modeldeck.runtime.generate import Completion, GenerationError
 

@@ -32,8 +32,7 @@ __all__ = ["CheckpointError", "load_decoder", "read_headers"]
 class CheckpointError(ModeldeckError):
     def __init__(self, directory: Path, problems: list[str], hint: str):
         self.problems = problems
-        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
-        lines = "\n".join(f"  - {p}" for p in shown)
+        lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"checkpoint {directory} does not match the card:\n{lines}\n{hint}")
 
 
@@ -140,47 +139,51 @@ def _plan(card: Card, layout: CheckpointLayout, decoder: Decoder) -> dict[str, l
 def _check(
     card: Card, layout: CheckpointLayout, directory: Path, plan: dict[str, Any], headers: dict[str, Any]
 ) -> None:
-    problems: list[str] = []
+    """Every disagreement between card and checkpoint, config.json first (the clearest summary), then tensors."""
+    problems = _config_problems(card, layout, directory)
     wanted = {ckpt: (part, shape) for sources in plan.values() for part, ckpt, shape in sources}
     missing = sorted(set(wanted) - set(headers))
     if missing:
         problems.append(
             f"missing tensors ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
         )
-    optional = (
-        {layout.tensors["lm_head.weight"]}
-        if card.architecture.tied_embeddings and "lm_head.weight" in layout.tensors
-        else set()
-    )
-    unexpected = sorted(n for n in set(headers) - set(wanted) - optional if not n.endswith(tuple(layout.ignored)))
+    tied_head = layout.tensors.get("lm_head.weight") if card.architecture.tied_embeddings else None
+    unexpected = sorted(n for n in set(headers) - set(wanted) - {tied_head} if not n.endswith(tuple(layout.ignored)))
     if unexpected:
         problems.append(
             f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''} "
             "(does the card's architecture.bias or tied_embeddings match the checkpoint?)"
         )
-    for ckpt, (part, shape) in sorted(wanted.items()):
-        if ckpt in headers and headers[ckpt][1] != shape:
-            problems.append(f"tensor {ckpt}: expected shape {list(shape)} ({_why(part)}), got {list(headers[ckpt][1])}")
-    config_path = directory / "config.json"
-    if config_path.exists():
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            problems.append(f"config.json is not valid JSON: {exc}")
-        else:
-            model_type = config.get("model_type")
-            if model_type is not None and model_type not in layout.config_model_types:
-                problems.append(
-                    f"config.json model_type {model_type!r} is not one the {layout.name!r} layout reads "
-                    f"({', '.join(layout.config_model_types)})"
-                )
-            problems += [m.describe() for m in layout.config_mismatches(card.architecture, config)]
+    shapes = [
+        f"tensor {ckpt}: expected shape {list(shape)} ({_why(part)}), got {list(headers[ckpt][1])}"
+        for ckpt, (part, shape) in sorted(wanted.items())
+        if ckpt in headers and headers[ckpt][1] != shape
+    ]
+    problems += shapes[:4] + ([f"... and {len(shapes) - 4} more tensors of other shapes"] if len(shapes) > 4 else [])
     if problems:
         raise CheckpointError(
             directory,
             problems,
             f"check that these weights belong to card {card.id!r} (layout {layout.name!r}) and fix the card or the weights",
         )
+
+
+def _config_problems(card: Card, layout: CheckpointLayout, directory: Path) -> list[str]:
+    path = directory / "config.json"
+    if not path.exists():
+        return []
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        return [f"config.json is not valid JSON: {exc}"]
+    problems = []
+    model_type = config.get("model_type")
+    if model_type is not None and model_type not in layout.config_model_types:
+        problems.append(
+            f"config.json model_type {model_type!r} is not one the {layout.name!r} layout reads "
+            f"({', '.join(layout.config_model_types)})"
+        )
+    return problems + [m.describe() for m in layout.config_mismatches(card.architecture, config)]
 
 
 # --- assembling the decoder ----------------------------------------------------------------------

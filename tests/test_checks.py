@@ -10,7 +10,7 @@ import yaml
 from modeldeck import registry
 from modeldeck.registry import check_card, check_tokenizer
 
-SEEDS = ["astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b"]
+SEEDS = ["astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"]
 
 
 def _card(data: dict, where: str = "x"):

@@ -7,14 +7,14 @@ import json
 import pytest
 import yaml
 
-SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b"}
+SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
 
 
 def no_traceback(result) -> None:
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
 
 
-def test_list_shows_the_five_cards(run_cli):
+def test_list_shows_the_first_party_cards(run_cli):
     result = run_cli("list")
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.strip()}
@@ -98,7 +98,7 @@ def test_prompt_errors_are_one_line(run_cli, args, message):
 def test_validate_installed_cards_passes_with_warnings(run_cli):
     result = run_cli("validate")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 card(s) checked: valid (0 error(s)" in result.stdout
+    assert "6 card(s) checked: valid (0 error(s)" in result.stdout
     # Astrid's seed sets temperature with greedy decoding; Aira sets beam options with num_beams 1.
     assert "temperature=0.3 set with do_sample false: greedy decoding ignores them" in result.stdout
     assert "length_penalty=0.3, early_stopping=True set with num_beams 1" in result.stdout
@@ -186,7 +186,7 @@ def test_broken_plugins_are_reported_and_the_rest_works(run_cli, fake_site, card
     validated = run_cli("validate")
     assert validated.returncode == 1
     no_traceback(validated)
-    assert "4 card(s) checked: invalid (3 error(s)" in validated.stdout
+    assert "5 card(s) checked: invalid (3 error(s)" in validated.stdout
 
     shown = run_cli("show", "gpt-jx-3b")
     assert shown.returncode == 1 and "claimed by more than one card" in shown.stderr

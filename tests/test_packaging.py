@@ -16,7 +16,7 @@ import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b"}
+SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
 SKIP_DIRS = {".venv", ".git", "build", "dist", "tests", "examples", ".wheelhouse", "__pycache__"}
 
 
@@ -55,10 +55,15 @@ def test_registry_works_with_torch_unavailable():
 
         from modeldeck import registry
         from modeldeck.registry import cli, count_parameters, render_prompt
-        import modeldeck.runtime  # the empty runtime package imports too
+        try:
+            import modeldeck.runtime
+        except ImportError as exc:
+            assert "install the runtime extra: pip install 'modeldeck[runtime]'" in str(exc), exc
+        else:
+            raise SystemExit("modeldeck.runtime imported without torch")
 
         cards = registry.cards()
-        assert len(cards) == 5 and registry.default().errors() == [], registry.default().diagnostics
+        assert len(cards) == 6 and registry.default().errors() == [], registry.default().diagnostics
         assert render_prompt(registry.get("astrid-1b").format, "Hi") == "<|prompt|>Hi<|endoftext|><|answer|>"
         assert count_parameters(registry.get("pythia-1.4b").architecture).total == 1414647808
         sys.argv = ["modeldeck", "validate", "--format", "json"]

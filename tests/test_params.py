@@ -16,6 +16,7 @@ from modeldeck.registry import check_card, count_parameters
         ("gpt-jx-3b", 2_646_255_744),  # BTLM with tied embeddings, without the 32 ALiBi slopes
         ("aira-2-1b1", 1_100_068_864),  # TinyLlama shape with vocab 32005
         ("h2ogpt-oig-oasst1-falcon-40b", 41_303_293_952),  # the seed only says "40 billion"
+        ("tiny-neox", 1_892_800),  # the bundled demo model
     ],
 )
 def test_counts_from_the_cards(card_id, total):

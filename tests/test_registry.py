@@ -9,7 +9,7 @@ import pytest
 from modeldeck import registry
 from modeldeck.registry import CardConflictError, CardNotFoundError, Registry
 
-SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b"}
+SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
 
 
 @pytest.fixture

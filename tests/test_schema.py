@@ -31,7 +31,7 @@ def line_of(path: Path, needle: str) -> int:
 
 def test_every_first_party_card_validates():
     ids = {load_card_file(p).id for p in sorted((REPO / "cards").glob("*.yaml"))}
-    assert ids == {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b"}
+    assert ids == {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
 
 
 def test_pythia_lists_its_154_revisions():
