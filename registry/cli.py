@@ -196,6 +196,116 @@ def _card_to_validate(reg: Registry, name: str) -> tuple[Card, str]:
     return entry.card, entry.where
 
 
+def _model_options(command: F) -> F:
+    """Options shared by `generate` and `chat`: where the weights come from, how to run, generation overrides."""
+    options = [
+        click.option("--weights", type=click.Path(exists=True, file_okay=False), help="A local checkpoint folder."),
+        click.option("--revision", help="A hub revision the card lists (default: the card's)."),
+        click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Weight dtype."),
+        click.option(
+            "--attention", type=click.Choice(["auto", "eager", "sdpa", "xformers"]), help="Attention backend."
+        ),
+        click.option("--allow-pickle", is_flag=True, help="Allow pytorch_model.bin (pickle: can run code)."),
+        click.option("--max-new-tokens", type=int),
+        click.option("--min-new-tokens", type=int),
+        click.option("--temperature", type=float),
+        click.option("--top-k", type=int),
+        click.option("--top-p", type=float),
+        click.option("--repetition-penalty", type=float),
+        click.option("--do-sample/--greedy", "do_sample", default=None, help="Sample, or pick the likeliest token."),
+        click.option("--seed", type=int, help="Seed for sampling (reproducible output)."),
+        click.option("--stop", multiple=True, help="A stop string (repeatable), besides the card's."),
+        click.option("--system", help="A system prompt (handled as the card's prompt format says)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+_LOAD_KEYS = ("weights", "revision", "device", "dtype", "attention", "allow_pickle")
+
+
+def _load_model(name: str, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Load the model; returns it and the generation overrides the user actually gave."""
+    from modeldeck import runtime  # torch is imported only by commands that run a model
+
+    load = {k: kwargs.pop(k) for k in _LOAD_KEYS}
+    model = runtime.load(name, **load)
+    overrides = {k: v for k, v in kwargs.items() if v not in (None, ())}
+    return model, overrides
+
+
+@main.command()
+@click.argument("name")
+@click.argument("prompt")
+@_model_options
+@click.option("--stream", is_flag=True, help="Print the text as it is generated.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (text, finish reason, token counts).")
+@_report_errors
+def generate(name: str, prompt: str, stream: bool, as_json: bool, **kwargs: Any) -> None:
+    """Generate a completion for PROMPT with card NAME (its prompt format and defaults apply)."""
+    system = kwargs.pop("system")
+    model, overrides = _load_model(name, kwargs)
+    if stream and not as_json:
+        for piece in model.stream(prompt, system=system, **overrides):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    result = model.generate(prompt, system=system, **overrides)
+    if as_json:
+        completions = [
+            {
+                "text": c.text,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+            }
+            for c in result.completions
+        ]
+        click.echo(json.dumps({"card": model.card.id, "prompt": result.prompt, "completions": completions}, indent=2))
+        return
+    for i, completion in enumerate(result.completions):
+        if len(result.completions) > 1:
+            out.print(f"[bold]--- sequence {i + 1}[/bold]", markup=True)
+        click.echo(completion.text)
+
+
+@main.command()
+@click.argument("name")
+@_model_options
+@_report_errors
+def chat(name: str, **kwargs: Any) -> None:
+    """Chat with card NAME in the terminal (/reset forgets the conversation, /exit or Ctrl-D ends it)."""
+    system = kwargs.pop("system")
+    model, overrides = _load_model(name, kwargs)
+    multi_turn = model.card.format.multi_turn
+    note = "" if multi_turn else " (a single-turn format: each message is answered on its own)"
+    err.print(f"chatting with {model.card.name}{note}; /reset, /exit", markup=False, soft_wrap=True)
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            history.clear()
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        answer = ""
+        for piece in model.stream(history if multi_turn else line, system=system, **overrides):
+            answer += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history = [*history, {"role": "assistant", "content": answer}] if multi_turn else []
+
+
 @main.command()
 @_report_errors
 def schema() -> None:

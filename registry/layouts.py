@@ -136,9 +136,8 @@ class CheckpointLayout(BaseModel):
                 continue
             field, _, literal = (part.strip() for part in rule.partition("=="))
             card_value = _field(arch, field)
-            if literal:
-                card_value = str(card_value) == literal
-            if not _same(card_value, stored):
+            expected = str(card_value) == literal if literal else card_value
+            if not _same(expected, stored):
                 found.append(ConfigMismatch(key, f"architecture.{field}", card_value, stored, rule))
         return found
 

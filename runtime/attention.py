@@ -4,7 +4,8 @@ Every call sees the same situation: a batch of B sequences, each with `start[b]`
 the KV cache and T new queries (the batch is padded to T; rows past a sequence's real length are
 ignored by the caller). Query t of sequence b sits at position start[b] + t and may see keys
 j <= start[b] + t. That one rule covers causal prefill, chunked prefill against a cache, decoding
-(T = 1) and batches of different lengths.
+(T = 1) and batches of different lengths. A backend turns the rule into its own mask once per
+forward pass (`prepare`), and every layer reuses it (`attend`).
 
     eager     the readable reference: explicit scores, mask, softmax
     sdpa      torch.nn.functional.scaled_dot_product_attention (default off CUDA)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -26,12 +28,18 @@ import torch.nn.functional as F
 
 from modeldeck.registry.diagnostics import ModeldeckError
 
-__all__ = ["BACKENDS", "AttentionFn", "attention_function", "choose_backend", "visible_keys", "xformers_bias"]
+__all__ = ["BACKENDS", "Backend", "choose_backend", "get_backend", "visible_keys", "xformers_bias"]
 
-Backend = Literal["eager", "sdpa", "xformers"]
+BackendName = Literal["eager", "sdpa", "xformers"]
 BACKENDS = ("auto", "eager", "sdpa", "xformers")
 
-AttentionFn = Callable[..., torch.Tensor]
+
+@dataclass(frozen=True)
+class Backend:
+    name: BackendName
+    prepare: Callable[[torch.Tensor, int, int], Any]  # (start [B], queries T, cache positions S) -> mask
+    attend: Callable[..., torch.Tensor]  # (q, k, v, mask, scale, bias) -> [B, T, H, D]
+    full_cache: bool  # reads the whole preallocated cache (a view), not just the positions in use
 
 
 def visible_keys(start: torch.Tensor, queries: int, keys: int) -> torch.Tensor:
@@ -41,9 +49,9 @@ def visible_keys(start: torch.Tensor, queries: int, keys: int) -> torch.Tensor:
 
 
 def eager_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, scale: float, bias: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    """q [B, T, H, D], k/v [B, S, KV, D] -> [B, T, H, D]."""
+    """q [B, T, H, D], k/v [B, S, KV, D], mask [B, 1, T, S] (True: visible) -> [B, T, H, D]."""
     heads, kv_heads = q.shape[2], k.shape[2]
     q = q.transpose(1, 2)  # [B, H, T, D]
     k = k.transpose(1, 2).repeat_interleave(heads // kv_heads, dim=1)  # [B, H, S, D]
@@ -51,15 +59,14 @@ def eager_attention(
     scores = (q @ k.transpose(-1, -2)).float() * scale  # [B, H, T, S]
     if bias is not None:
         scores = scores + bias
-    scores = scores.masked_fill(~visible_keys(start, q.shape[2], k.shape[2]), float("-inf"))
+    scores = scores.masked_fill(~mask, float("-inf"))
     probs = scores.softmax(dim=-1).to(v.dtype)  # [B, H, T, S]
     return (probs @ v).transpose(1, 2)  # [B, T, H, D]
 
 
 def sdpa_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, scale: float, bias: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    mask = visible_keys(start, q.shape[1], k.shape[1])  # [B, 1, T, S]
     if bias is not None:
         mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))  # [B, H, T, S] additive
     out = F.scaled_dot_product_attention(
@@ -74,13 +81,14 @@ def xformers_bias(start: torch.Tensor, queries: int, cache_length: int) -> Any:
 
     lengths = (start + queries).tolist()
     return BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
-        q_seqlen=[queries] * len(lengths), kv_padding=cache_length, kv_seqlen=lengths
+        q_seqlen=[queries] * len(lengths), kv_padding=cache_length, kv_seqlen=lengths, device=start.device
     )
 
 
 def xformers_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, scale: float, bias: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float, bias: torch.Tensor | None
 ) -> torch.Tensor:
+    """q [B, T, H, D]; k/v the whole cache [B, S, KV, D] (contiguous rows, so packing is a view)."""
     from xformers.ops import memory_efficient_attention
 
     if bias is not None:
@@ -92,7 +100,7 @@ def xformers_attention(
     q5 = q.reshape(1, batch * queries, kv_heads, group, dim)
     k5 = k.reshape(1, batch * cache_length, kv_heads, 1, dim).expand(-1, -1, -1, group, -1)
     v5 = v.reshape(1, batch * cache_length, kv_heads, 1, dim).expand(-1, -1, -1, group, -1)
-    out = memory_efficient_attention(q5, k5, v5, attn_bias=xformers_bias(start, queries, cache_length), scale=scale)
+    out = memory_efficient_attention(q5, k5, v5, attn_bias=mask, scale=scale)
     return out.reshape(batch, queries, heads, dim)
 
 
@@ -105,7 +113,7 @@ def _xformers_importable() -> bool:
     return True
 
 
-def choose_backend(requested: str | None, device: torch.device, dtype: torch.dtype) -> Backend:
+def choose_backend(requested: str | None, device: torch.device, dtype: torch.dtype) -> BackendName:
     """Resolve 'auto' (or None) and check an explicit choice can run on this device and dtype."""
     requested = requested or "auto"
     if requested not in BACKENDS:
@@ -124,5 +132,12 @@ def choose_backend(requested: str | None, device: torch.device, dtype: torch.dty
     return requested  # type: ignore[return-value]
 
 
-def attention_function(backend: Backend) -> AttentionFn:
-    return {"eager": eager_attention, "sdpa": sdpa_attention, "xformers": xformers_attention}[backend]
+_BACKENDS = {
+    "eager": Backend("eager", visible_keys, eager_attention, full_cache=False),
+    "sdpa": Backend("sdpa", visible_keys, sdpa_attention, full_cache=False),
+    "xformers": Backend("xformers", xformers_bias, xformers_attention, full_cache=True),
+}
+
+
+def get_backend(name: BackendName) -> Backend:
+    return _BACKENDS[name]

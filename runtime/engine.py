@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,9 +13,9 @@ from modeldeck import registry
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.prompting import render_segments
 from modeldeck.registry.schema import Card
-from modeldeck.runtime.attention import attention_function, choose_backend
+from modeldeck.runtime.attention import choose_backend, get_backend
 from modeldeck.runtime.generate import Completion, GenerationError, Options, generate_tokens, resolve_options
-from modeldeck.runtime.loading import load_decoder, read_headers
+from modeldeck.runtime.loading import load_decoder
 from modeldeck.runtime.model import Decoder
 from modeldeck.runtime.text import TextStream
 from modeldeck.runtime.tokenizer import TextTokenizer, load_tokenizer
@@ -44,10 +43,9 @@ class Generation:
 
 
 class Model:
-    def __init__(self, card: Card, decoder: Decoder, tokenizer: TextTokenizer, attention: str):
+    def __init__(self, card: Card, decoder: Decoder, tokenizer: TextTokenizer, attention: str | None = None):
         self.card, self.decoder, self.tokenizer = card, decoder, tokenizer
-        self.attention = attention
-        self._attend = attention_function(choose_backend(attention, self.device, self.dtype))
+        self.backend = get_backend(choose_backend(attention, self.device, self.dtype))
 
     @property
     def device(self) -> torch.device:
@@ -58,7 +56,7 @@ class Model:
         return self.decoder.embed.weight.dtype
 
     def __repr__(self) -> str:
-        return f"Model({self.card.id!r}, device={self.device}, dtype={self.dtype}, attention={self.attention!r})"
+        return f"Model({self.card.id!r}, device={self.device}, dtype={self.dtype}, attention={self.backend.name!r})"
 
     # --- prompts -------------------------------------------------------------------------------
 
@@ -119,10 +117,12 @@ class Model:
         return TextStream(self.tokenizer.decode, opts.stop, self.card.format.strip_response)
 
     def _tokens(self, prompts: list[list[int]], opts: Options, stopped: set[int]) -> Iterator[list[tuple[int, int]]]:
+        if not prompts:
+            raise GenerationError("no prompts given")
         if any(not p for p in prompts):
             raise GenerationError("a prompt encodes to no tokens; give some text")
         eos = sorted(self.tokenizer.eos_ids)
-        return generate_tokens(self.decoder, prompts, opts, self._attend, eos, self.tokenizer.pad_id, stopped)
+        return generate_tokens(self.decoder, prompts, opts, self.backend, eos, self.tokenizer.pad_id, stopped)
 
     def _run(
         self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
@@ -163,9 +163,8 @@ def raw_messages(prompt: object) -> bool:
     return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], Mapping)
 
 
-def _choose_dtype(
-    card: Card, requested: str | torch.dtype | None, device: torch.device, directory: Path
-) -> torch.dtype:
+def _choose_dtype(card: Card, requested: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The weight dtype; None means the checkpoint's own (the card's `auto`, on a GPU)."""
     if isinstance(requested, torch.dtype):
         return requested
     if requested is not None:
@@ -174,14 +173,7 @@ def _choose_dtype(
         return _DTYPES[requested]
     if device.type == "cpu":
         return torch.float32  # half-precision matmuls on CPUs are slow or missing; ask explicitly for them
-    if card.dtype != "auto":
-        return _DTYPES[card.dtype]
-    from safetensors import safe_open
-
-    path, _ = next(iter(read_headers(directory).values()))
-    with safe_open(str(path), framework="pt") as f:
-        stored = f.get_slice(next(iter(f.keys()))).get_dtype()  # e.g. "BF16"
-    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(stored, torch.float32)
+    return None if card.dtype == "auto" else _DTYPES[card.dtype]
 
 
 def load(
@@ -202,8 +194,9 @@ def load(
 
     directory = resolve_weights(resolved, weights=weights, revision=revision, allow_pickle=allow_pickle)
     where = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = _choose_dtype(resolved, dtype, where, directory)
-    backend = choose_backend(attention, where, chosen)  # fail before reading weights
+    chosen = _choose_dtype(resolved, dtype, where)
+    if chosen is not None:
+        choose_backend(attention, where, chosen)  # fail before reading weights
     tokenizer = load_tokenizer(resolved, directory)
-    decoder = load_decoder(resolved, layout, directory, chosen, where)
-    return Model(resolved, decoder, tokenizer, backend)
+    decoder = load_decoder(resolved, layout, directory, chosen, where, allow_pickle)
+    return Model(resolved, decoder, tokenizer, attention)

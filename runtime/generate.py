@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import GenerationDefaults
-from modeldeck.runtime.attention import AttentionFn
+from modeldeck.runtime.attention import Backend
 from modeldeck.runtime.model import Decoder, KVCache
 
 __all__ = ["Completion", "GenerationError", "Options", "generate_tokens", "resolve_options"]
@@ -58,10 +58,11 @@ def resolve_options(card_defaults: GenerationDefaults, card_stop: list[str], ove
         defaults = GenerationDefaults.model_validate(merged)
     except ValidationError as exc:
         first = exc.errors()[0]
-        option = ".".join(map(str, first["loc"])) or "options"
-        raise GenerationError(
-            f"invalid generation option {option}={first.get('input')!r}: {first['msg'].removeprefix('Value error, ')}"
-        ) from None
+        reason = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across options (min_new_tokens > max_new_tokens, ...)
+            raise GenerationError(f"invalid generation options: {reason}") from None
+        option = ".".join(map(str, first["loc"]))
+        raise GenerationError(f"invalid generation option {option}={first.get('input')!r}: {reason}") from None
     if defaults.num_beams > 1:
         raise GenerationError(
             f"num_beams={defaults.num_beams}: beam search is not supported by modeldeck's runtime yet; use num_beams=1 "
@@ -72,7 +73,7 @@ def resolve_options(card_defaults: GenerationDefaults, card_stop: list[str], ove
     if any(not isinstance(s, str) or not s for s in stop):
         raise GenerationError("stop must be a non-empty string or a list of non-empty strings")
     seed = overrides.get("seed")
-    if seed is not None and not isinstance(seed, int):
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise GenerationError(f"seed must be an integer, got {seed!r}")
     return Options(defaults, seed, tuple(card_stop) + stop)
 
@@ -136,23 +137,21 @@ def sample(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | N
 
 
 @torch.inference_mode()
-def prefill(
-    decoder: Decoder, prompts: list[list[int]], cache: KVCache, attend: AttentionFn, pad_id: int
-) -> torch.Tensor:
+def prefill(decoder: Decoder, prompts: list[list[int]], cache: KVCache, backend: Backend, pad_id: int) -> torch.Tensor:
     """Run all prompts (right-padded to one length) through the decoder; logits of each last token [B, V]."""
     device = cache.k.device
     longest = max(map(len, prompts))
     tokens = torch.tensor([p + [pad_id] * (longest - len(p)) for p in prompts], device=device)  # [B, T]
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    logits = decoder(tokens, cache, attend, start=torch.zeros_like(lengths), last=lengths - 1)  # [B, V]
+    logits = decoder(tokens, cache, backend, start=torch.zeros_like(lengths), last=lengths - 1)  # [B, V]
     cache.lengths = lengths
     return logits
 
 
 @torch.inference_mode()
-def decode_one_token(decoder: Decoder, tokens: torch.Tensor, cache: KVCache, attend: AttentionFn) -> torch.Tensor:
+def decode_one_token(decoder: Decoder, tokens: torch.Tensor, cache: KVCache, backend: Backend) -> torch.Tensor:
     """tokens [B] -> logits of the next position [B, V]; each sequence continues at its own length."""
-    logits = decoder(tokens[:, None], cache, attend)[:, 0]  # [B, V]
+    logits = decoder(tokens[:, None], cache, backend)[:, 0]  # [B, V]
     cache.lengths = cache.lengths + 1
     return logits
 
@@ -169,7 +168,7 @@ def generate_tokens(
     decoder: Decoder,
     prompts: list[list[int]],
     opts: Options,
-    attend: AttentionFn,
+    backend: Backend,
     eos: list[int],
     pad_id: int,
     stopped: set[int] | None = None,
@@ -196,7 +195,7 @@ def generate_tokens(
         generator.manual_seed(opts.seed if opts.seed is not None else int(torch.randint(0, 2**62, ()).item()))
     cache = KVCache(arch, len(prompts), capacity, dtype, device)
     sequences = [_Sequence(list(p)) for p in prompts]
-    logits = prefill(decoder, prompts, cache, attend, pad_id)
+    logits = prefill(decoder, prompts, cache, backend, pad_id)
     for step in range(opts.max_new_tokens):
         scores = process_logits(logits, [s.prompt + s.generated for s in sequences], step, opts, eos)
         tokens = sample(scores, opts.do_sample, generator)
@@ -215,4 +214,4 @@ def generate_tokens(
         yield events
         if all(s.finish is not None or i in stopped for i, s in enumerate(sequences)):
             return
-        logits = decode_one_token(decoder, tokens, cache, attend)
+        logits = decode_one_token(decoder, tokens, cache, backend)

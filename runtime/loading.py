@@ -36,37 +36,61 @@ class CheckpointError(ModeldeckError):
         super().__init__(f"checkpoint {directory} does not match the card:\n{lines}\n{hint}")
 
 
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(directory, [f"{index.name} is not a valid index ({exc})"], "re-download it") from None
-        missing = [s for s in shards if not (directory / s).exists()]
-        if missing:
-            raise CheckpointError(
-                directory,
-                [f"shard {s} listed in {index.name} is missing" for s in missing],
-                "re-download the checkpoint",
-            )
-        return [directory / s for s in shards]
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        bins = sorted(p.name for p in directory.glob("*.bin"))
-        hint = (
-            "it holds only pickle checkpoints, which can run code when loaded; convert them to safetensors"
-            if bins
-            else "point weights= at a folder with config.json and *.safetensors"
+def _weight_files(directory: Path, allow_pickle: bool = False) -> list[Path]:
+    """The checkpoint's weight files: safetensors (sharded or not); pickles only when the caller opted in."""
+    for index_name, pattern in (
+        ("model.safetensors.index.json", "*.safetensors"),
+        ("pytorch_model.bin.index.json", "*.bin"),
+    ):
+        if pattern == "*.bin" and not allow_pickle:
+            break
+        index = directory / index_name
+        if index.exists():
+            return _shards(directory, index)
+        files = sorted(directory.glob(pattern))
+        if files:
+            return files
+    bins = sorted(p.name for p in directory.glob("*.bin"))
+    hint = (
+        "it holds only pickle checkpoints, which can run code when loaded: convert them to safetensors, "
+        "or pass allow_pickle=True if you trust them"
+        if bins
+        else "point weights= at a folder with config.json and *.safetensors"
+    )
+    raise CheckpointError(directory, [f"no *.safetensors files (found: {', '.join(bins) or 'none'})"], hint)
+
+
+def _shards(directory: Path, index: Path) -> list[Path]:
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise CheckpointError(directory, [f"{index.name} is not a valid index ({exc})"], "re-download it") from None
+    missing = [s for s in shards if not (directory / s).exists()]
+    if missing:
+        raise CheckpointError(
+            directory, [f"shard {s} listed in {index.name} is missing" for s in missing], "re-download the checkpoint"
         )
-        raise CheckpointError(directory, [f"no *.safetensors files (found: {', '.join(bins) or 'none'})"], hint)
-    return files
+    return [directory / s for s in shards]
 
 
-def read_headers(directory: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    """Tensor name -> (file, shape), from the safetensors headers only."""
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A pytorch_model.bin, memory-mapped, with torch's weights-only unpickler (no arbitrary objects)."""
+    try:
+        state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad pickles
+        raise CheckpointError(
+            path.parent, [f"{path.name} cannot be read as weights: {exc}"], "re-download it"
+        ) from None
+    return state
+
+
+def read_headers(directory: Path, allow_pickle: bool = False) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Tensor name -> (file, shape): from the safetensors headers only (pickles must be opened)."""
     found: dict[str, tuple[Path, tuple[int, ...]]] = {}
-    for path in _weight_files(directory):
+    for path in _weight_files(directory, allow_pickle):
+        if path.suffix == ".bin":
+            found.update((name, (path, tuple(t.shape))) for name, t in _load_pickle(path).items())
+            continue
         try:
             with safe_open(str(path), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -208,18 +232,36 @@ def _reorder_qkv(tensor: torch.Tensor, layout: CheckpointLayout, arch: Architect
 def _open_tensors(headers: dict[str, tuple[Path, tuple[int, ...]]]) -> Iterator[Callable[[str], torch.Tensor]]:
     """A reader of tensors by name across all shards (memory-mapped; each file opened once)."""
     with ExitStack() as stack:
-        files = {path: stack.enter_context(safe_open(str(path), framework="pt")) for path, _ in headers.values()}
-        yield lambda name: files[headers[name][0]].get_tensor(name)
+        files: dict[Path, Any] = {}
+        for path, _ in headers.values():
+            if path not in files:
+                is_pickle = path.suffix == ".bin"
+                files[path] = (
+                    _load_pickle(path) if is_pickle else stack.enter_context(safe_open(str(path), framework="pt"))
+                )
+        yield (
+            lambda name: (
+                files[headers[name][0]][name]
+                if isinstance(files[headers[name][0]], dict)
+                else files[headers[name][0]].get_tensor(name)
+            )
+        )
 
 
 def load_decoder(
-    card: Card, layout: CheckpointLayout, directory: Path, dtype: torch.dtype, device: torch.device
+    card: Card,
+    layout: CheckpointLayout,
+    directory: Path,
+    dtype: torch.dtype | None,
+    device: torch.device,
+    allow_pickle: bool = False,
 ) -> Decoder:
+    """The decoder with the checkpoint's weights, in `dtype` (None: the checkpoint's own)."""
     arch = card.architecture
     with torch.device("meta"):
         decoder = Decoder(arch)
     plan = _plan(card, layout, decoder)
-    headers = read_headers(directory)
+    headers = read_headers(directory, allow_pickle)
     _check(card, layout, directory, plan, headers)
     state: dict[str, torch.Tensor] = {}
     with _open_tensors(headers) as get:
@@ -231,6 +273,7 @@ def load_decoder(
                 tensor = tensor.t()
             if template.startswith("blocks.{i}.attn.qkv."):
                 tensor = _reorder_qkv(tensor, layout, arch)
+            dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
             state[name] = tensor.to(device=device, dtype=dtype).contiguous()
     slopes = state.pop("alibi_slopes", None)
     if slopes is not None and decoder.alibi is not None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeldeck.registry.schema import AlibiPositions, Architecture, RotaryPositions
-from modeldeck.runtime.attention import AttentionFn
+from modeldeck.runtime.attention import Backend
 
 __all__ = ["Decoder", "KVCache", "alibi_slopes"]
 
@@ -151,7 +151,7 @@ class Attention(nn.Module):
             k = rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
         ctx.cache.write(layer, k, v, ctx.start)
         keys, values = ctx.cache.view(layer, ctx.used)
-        out = ctx.attend(q, keys, values, ctx.start, self.scale, ctx.bias)  # [B, T, H, D]
+        out = ctx.backend.attend(q, keys, values, ctx.mask, self.scale, ctx.bias)  # [B, T, H, D]
         return self.out(out.reshape(batch, queries, self.heads * self.head_dim))
 
 
@@ -177,9 +177,11 @@ class Block(nn.Module):
 class Context:
     """What every layer of one forward pass shares: cache, positions, rotary tables or ALiBi bias."""
 
-    def __init__(self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, attend: AttentionFn):
-        self.cache, self.start, self.attend = cache, start, attend
-        self.used = int((start + queries).max())  # cache positions any query can see
+    def __init__(self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, backend: Backend):
+        self.cache, self.start, self.backend = cache, start, backend
+        # cache positions the keys are read from: those any query can see, or the whole cache
+        self.used = cache.capacity if backend.full_cache else int((start + queries).max())
+        self.mask = backend.prepare(start, queries, self.used)
         positions = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
         self.rotary_dims = decoder.rotary_dims
         self.cos = self.sin = torch.empty(0)
@@ -216,7 +218,7 @@ class Decoder(nn.Module):
         self,
         tokens: torch.Tensor,
         cache: KVCache,
-        attend: AttentionFn,
+        backend: Backend,
         start: torch.Tensor | None = None,
         last: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -226,7 +228,7 @@ class Decoder(nn.Module):
         positions only; otherwise [B, T, V]. The cache's lengths are not advanced: the caller does.
         """
         start = cache.lengths if start is None else start
-        ctx = Context(self, cache, start, tokens.shape[1], attend)
+        ctx = Context(self, cache, start, tokens.shape[1], backend)
         x = self.embed(tokens)  # [B, T, d]
         if self.arch.multipliers.embedding != 1.0:
             x = x * self.arch.multipliers.embedding

@@ -61,8 +61,8 @@ class TextStream:
                 if stop.startswith(text[len(text) - k :]):
                     held = max(held, k)
                     break
-        if self.strip == "whitespace":
-            held = max(held, len(text) - len(text.rstrip()))
+        if self.strip == "whitespace":  # trailing whitespace (also before a held-back part) may be stripped at the end
+            held = len(text) - len(text[: len(text) - held].rstrip())
         return held
 
     def _emit(self, final: bool) -> str:

@@ -196,3 +196,45 @@ def test_broken_plugins_are_reported_and_the_rest_works(run_cli, fake_site, card
 def test_env_switch_loads_no_plugins(run_cli):
     result = run_cli("list", "--json", env={"MODELDECK_PLUGINS": "none"})
     assert json.loads(result.stdout) == []
+
+
+# --- running a model: the bundled demo, no network -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_text():
+    """What the Python API generates for the README's main-job prompt, to compare the CLI with."""
+    pytest.importorskip("torch")
+    from modeldeck import runtime
+
+    return runtime.load("tiny-neox", device="cpu").generate("The for statement").text
+
+
+def test_generate_with_the_bundled_demo_model(run_cli, demo_text):
+    result = run_cli("generate", "tiny-neox", "The for statement")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == demo_text + "\n"
+    assert len(demo_text.split()) > 10  # it says something, in words
+
+
+def test_generate_stream_and_json_agree(run_cli, demo_text):
+    assert run_cli("generate", "tiny-neox", "The for statement", "--stream").stdout == demo_text + "\n"
+    report = json.loads(run_cli("generate", "tiny-neox", "The for statement", "--json", "--max-new-tokens", "5").stdout)
+    [completion] = report["completions"]
+    assert report["card"] == "tiny-neox" and report["prompt"] == "The for statement"
+    assert completion["completion_tokens"] == 5 and completion["finish_reason"] == "length"
+    assert demo_text.startswith(completion["text"])
+
+
+def test_generate_rejects_bad_options_in_one_line(run_cli):
+    result = run_cli("generate", "tiny-neox", "x", "--temperature", "-1")
+    assert result.returncode == 1
+    no_traceback(result)
+    assert "invalid generation option temperature=-1.0" in result.stderr
+
+
+def test_chat_in_the_terminal(run_cli, demo_text):
+    result = run_cli("chat", "tiny-neox", stdin="The for statement\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert "single-turn format" in result.stderr
+    assert demo_text in result.stdout

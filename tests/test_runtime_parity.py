@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from modeldeck import runtime  # noqa: E402
-from modeldeck.runtime.attention import attention_function  # noqa: E402
+from modeldeck.runtime.attention import get_backend  # noqa: E402
 from modeldeck.runtime.generate import generate_tokens, resolve_options  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
@@ -27,9 +27,7 @@ def batch_logits(model, batch: list[list[int]], backend: str) -> torch.Tensor:
     tokens = torch.tensor([p + [0] * (longest - len(p)) for p in batch])
     cache = KVCache(model.card.architecture, len(batch), longest, torch.float32, "cpu")
     with torch.inference_mode():
-        return model.decoder(
-            tokens, cache, attention_function(backend), start=torch.zeros(len(batch), dtype=torch.long)
-        )
+        return model.decoder(tokens, cache, get_backend(backend), start=torch.zeros(len(batch), dtype=torch.long))
 
 
 @pytest.fixture(params=FAMILIES)
@@ -51,7 +49,7 @@ def test_logits_match_transformers_for_a_padded_batch(family, backend):
 
 def test_kv_cache_decoding_equals_recomputation(family):
     ckpt, model = family
-    attend = attention_function("sdpa")
+    attend = get_backend("sdpa")
     arch = ckpt.card.architecture
     batch = prompts(arch.vocab_size, seed=1)
     cache = KVCache(arch, len(batch), max(LENGTHS) + 6, torch.float32, "cpu")
@@ -88,7 +86,7 @@ def test_greedy_generation_is_token_identical_to_transformers(family):
         },
     )
     for ids in prompts(ckpt.card.architecture.vocab_size, seed=2):
-        ours = [t for events in generate_tokens(model.decoder, [ids], opts, model._attend, [eos], 0) for _, t in events]
+        ours = [t for events in generate_tokens(model.decoder, [ids], opts, model.backend, [eos], 0) for _, t in events]
         with torch.no_grad():
             hf = ckpt.reference.generate(
                 torch.tensor([ids]),
@@ -112,7 +110,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(family):
 
     def run(batch):
         out = [[] for _ in batch]
-        for events in generate_tokens(model.decoder, batch, opts, model._attend, [eos], 0):
+        for events in generate_tokens(model.decoder, batch, opts, model.backend, [eos], 0):
             for i, t in events:
                 out[i].append(t)
         return out
@@ -133,7 +131,7 @@ def test_min_new_tokens_holds_back_a_likely_eos(tiny_checkpoint):
 
     def run(**options):
         opts = resolve_options(ckpt.card.generation, [], {"max_new_tokens": 10, "num_return_sequences": 1, **options})
-        return [t for events in generate_tokens(model.decoder, [ids], opts, model._attend, [eos], 0) for _, t in events]
+        return [t for events in generate_tokens(model.decoder, [ids], opts, model.backend, [eos], 0) for _, t in events]
 
     assert run() == [eos]
     held = run(min_new_tokens=3)
