@@ -123,7 +123,14 @@ _SHAPE_SOURCES = {
 
 
 def _why(decoder_name: str) -> str:
-    return next((why for key, why in _SHAPE_SOURCES.items() if key in decoder_name), "architecture")
+    """Which card fields imply a tensor's shape (a bias has only the first dimension)."""
+    why = next((why for key, why in _SHAPE_SOURCES.items() if key in decoder_name), "architecture")
+    return why.split(" by ")[0].removesuffix(",") if decoder_name.endswith(".bias") else why
+
+
+def _natural(name: str) -> list[int | str]:
+    """Sort key: layers.2 before layers.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _template(name: str) -> tuple[str, int | None]:
@@ -166,13 +173,15 @@ def _check(
     """Every disagreement between card and checkpoint, config.json first (the clearest summary), then tensors."""
     problems = _config_problems(card, layout, directory)
     wanted = {ckpt: (part, shape) for sources in plan.values() for part, ckpt, shape in sources}
-    missing = sorted(set(wanted) - set(headers))
+    missing = sorted(set(wanted) - set(headers), key=_natural)
     if missing:
         problems.append(
             f"missing tensors ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
         )
     tied_head = layout.tensors.get("lm_head.weight") if card.architecture.tied_embeddings else None
-    unexpected = sorted(n for n in set(headers) - set(wanted) - {tied_head} if not n.endswith(tuple(layout.ignored)))
+    unexpected = sorted(
+        (n for n in set(headers) - set(wanted) - {tied_head} if not n.endswith(tuple(layout.ignored))), key=_natural
+    )
     if unexpected:
         problems.append(
             f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''} "
@@ -180,7 +189,7 @@ def _check(
         )
     shapes = [
         f"tensor {ckpt}: expected shape {list(shape)} ({_why(part)}), got {list(headers[ckpt][1])}"
-        for ckpt, (part, shape) in sorted(wanted.items())
+        for ckpt, (part, shape) in sorted(wanted.items(), key=lambda item: _natural(item[0]))
         if ckpt in headers and headers[ckpt][1] != shape
     ]
     problems += shapes[:4] + ([f"... and {len(shapes) - 4} more tensors of other shapes"] if len(shapes) > 4 else [])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -81,10 +82,19 @@ def write_checkpoint(folder: Path, names: tuple[str, ...] = CHECKPOINT) -> Path:
     return folder
 
 
-def add_to_cache(hf_home: Path, repo: str, ref: str, commit: str, names: tuple[str, ...] = CHECKPOINT) -> Path:
-    """Lay out a snapshot exactly as huggingface_hub does: blobs/{sha256}, snapshots/{commit}/NAME -> blob, refs/REF."""
+def add_to_cache(
+    hf_home: Path, repo: str, ref: str, commit: str, names: tuple[str, ...] = CHECKPOINT, source: Path | None = None
+) -> Path:
+    """Lay out a snapshot exactly as huggingface_hub does: blobs/{sha256}, snapshots/{commit}/NAME -> blob, refs/REF.
+
+    The files are `source`'s (a real checkpoint folder), or small ones named `names`.
+    """
     storage = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
-    staging = write_checkpoint(storage / ".staging" / commit, names)
+    staging = storage / ".staging" / commit
+    if source is None:
+        write_checkpoint(staging, names)
+    else:
+        shutil.copytree(source, staging)
     snapshot = storage / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (storage / "blobs").mkdir(exist_ok=True)
@@ -291,3 +301,14 @@ def test_bundled_weights_missing(bundled_card: Callable[[str], Card]) -> None:
         resolve_weights(bundled_card("PKG:weights/nothing"))
     with pytest.raises(WeightsNotFoundError, match=r"package 'no_such_pkg_xyz', which is not installed"):
         resolve_weights(bundled_card("no_such_pkg_xyz:weights"))
+
+
+def test_runtime_load_reads_the_offline_cache(hf_home: Path, tiny_checkpoint: Any) -> None:
+    """runtime.load with no weights= finds the card's repository in the cache, with no network at all."""
+    from modeldeck import runtime
+
+    ckpt = tiny_checkpoint("gpt-neox")  # a tiny pythia-1.4b: the card's repo is EleutherAI/pythia-1.4b
+    add_to_cache(hf_home, ckpt.card.source.repo, "main", "c" * 40, source=ckpt.directory)
+    model = runtime.load(ckpt.card, device="cpu")
+    reference = runtime.load(ckpt.card, weights=ckpt.directory, device="cpu")
+    assert model.generate("Hello", max_new_tokens=4).text == reference.generate("Hello", max_new_tokens=4).text
