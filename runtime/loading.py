@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
@@ -222,39 +222,52 @@ def _config_problems(card: Card, layout: CheckpointLayout, directory: Path) -> l
 # --- assembling the decoder ----------------------------------------------------------------------
 
 
-def _reorder_qkv(tensor: torch.Tensor, layout: CheckpointLayout, arch: Architecture) -> torch.Tensor:
-    """Fused QKV rows (weight [rows, in] or bias [rows]) in the checkpoint's order -> [q heads | k heads | v heads]."""
+def _reorder_qkv(tensor: torch.Tensor, layout: CheckpointLayout, arch: Architecture, out: torch.Tensor) -> None:
+    """Fused QKV rows (weight [rows, in] or bias [rows]) in the checkpoint's order, written into `out` as
+    [q heads | k heads | v heads]: one pass that also converts the dtype (no intermediate copies)."""
     rest = tensor.shape[1:]
     heads, kv, dim = arch.heads, arch.kv_heads, arch.head_dim
+    q_out, k_out, v_out = out.split([heads * dim, kv * dim, kv * dim])
     if layout.qkv == "per_head":
         t = tensor.view(heads, 3, dim, *rest)  # [H, 3, D, ...]
         q, k, v = t[:, 0], t[:, 1], t[:, 2]
-    elif layout.qkv == "grouped":
+    else:  # grouped
         t = tensor.view(kv, heads // kv + 2, dim, *rest)  # [KV, H/KV + 2, D, ...]
         q, k, v = t[:, :-2], t[:, -2], t[:, -1]
-    else:
-        return tensor
-    return torch.cat([q.reshape(heads * dim, *rest), k.reshape(kv * dim, *rest), v.reshape(kv * dim, *rest)])
+    q_out.view(q.shape).copy_(q)
+    k_out.view(k.shape).copy_(k)
+    v_out.view(v.shape).copy_(v)
 
 
-@contextmanager
-def _open_tensors(headers: dict[str, tuple[Path, tuple[int, ...]]]) -> Iterator[Callable[[str], torch.Tensor]]:
-    """A reader of tensors by name across all shards (memory-mapped; each file opened once)."""
-    with ExitStack() as stack:
-        files: dict[Path, Any] = {}
-        for path, _ in headers.values():
-            if path not in files:
-                is_pickle = path.suffix == ".bin"
-                files[path] = (
-                    _load_pickle(path) if is_pickle else stack.enter_context(safe_open(str(path), framework="pt"))
-                )
-        yield (
-            lambda name: (
-                files[headers[name][0]][name]
-                if isinstance(files[headers[name][0]], dict)
-                else files[headers[name][0]].get_tensor(name)
-            )
-        )
+def _convert(
+    tensor: torch.Tensor,
+    template: str,
+    layout: CheckpointLayout,
+    arch: Architecture,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """A checkpoint tensor as the decoder's: transposed and/or QKV-reordered, in `dtype` on `device`, copied once
+    (or not at all: a memory-mapped tensor already in the right dtype, layout and device is used as it is)."""
+    if template in layout.transposed:
+        tensor = tensor.t()
+    if template.startswith("blocks.{i}.attn.qkv.") and layout.qkv in ("per_head", "grouped"):
+        out = torch.empty(tensor.shape, dtype=dtype, device=device)
+        _reorder_qkv(tensor.to(device), layout, arch, out)
+        return out
+    if tensor.is_contiguous():
+        return tensor.to(device=device, dtype=dtype)
+    return torch.empty(tensor.shape, dtype=dtype, device=device).copy_(tensor)
+
+
+def _open_tensors(headers: dict[str, tuple[Path, tuple[int, ...]]]) -> Callable[[str], torch.Tensor]:
+    """A reader of tensors by name across all shards. Each file is memory-mapped once as a whole
+    (safetensors' load_file), which converts much faster than opening tensors one by one."""
+    files: dict[Path, dict[str, torch.Tensor]] = {}
+    for path, _ in headers.values():
+        if path not in files:
+            files[path] = _load_pickle(path) if path.suffix == ".bin" else load_file(str(path), device="cpu")
+    return lambda name: files[headers[name][0]][name]
 
 
 def load_decoder(
@@ -273,17 +286,12 @@ def load_decoder(
     headers = read_headers(directory, allow_pickle)
     _check(card, layout, directory, plan, headers)
     state: dict[str, torch.Tensor] = {}
-    with _open_tensors(headers) as get:
-        for name, sources in plan.items():
-            parts = [get(ckpt) for _, ckpt, _ in sources]
-            tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
-            template = sources[0][0]
-            if template in layout.transposed:
-                tensor = tensor.t()
-            if template.startswith("blocks.{i}.attn.qkv."):
-                tensor = _reorder_qkv(tensor, layout, arch)
-            dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
-            state[name] = tensor.to(device=device, dtype=dtype).contiguous()
+    get = _open_tensors(headers)
+    for name, sources in plan.items():
+        parts = [get(ckpt) for _, ckpt, _ in sources]
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+        dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
+        state[name] = _convert(tensor, sources[0][0], layout, arch, dtype, device)
     slopes = state.pop("alibi_slopes", None)
     if slopes is not None and decoder.alibi is not None:
         expected = alibi_slopes(arch.heads)
