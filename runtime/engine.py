@@ -78,7 +78,7 @@ class Model:
         self, prompt: Conversation | list[str], *, system: str | None = None, raw: bool = False, **options: Any
     ) -> Generation | list[Generation]:
         """Generate for one prompt (-> Generation) or a list of prompts decoded together (-> list[Generation])."""
-        many = isinstance(prompt, list) and all(isinstance(p, str) for p in prompt) and not raw_messages(prompt)
+        many = isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)
         prompts: list[Conversation] = list(prompt) if many else [prompt]  # type: ignore[arg-type]
         results = self._run(prompts, system, raw, options)
         return results if many else results[0]
@@ -156,11 +156,6 @@ class Model:
             shown = prompt if isinstance(prompt, str) and raw else self.render(prompt, system)
             results.append(Generation(shown, completions))
         return results
-
-
-def raw_messages(prompt: object) -> bool:
-    """A list of message dicts (one conversation) rather than a list of prompt strings."""
-    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], Mapping)
 
 
 def _choose_dtype(card: Card, requested: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
