@@ -196,10 +196,17 @@ BTLM = CheckpointLayout(
         "n_positions": "context_length",
         "layer_norm_epsilon": "norm.eps",
         "position_embedding_type": "positions.kind",
+        "activation_function": "mlp",
         "mup_embeddings_scale": "multipliers.embedding",
         "mup_scale_qk_dot_by_d": "multipliers.attention == inverse_head_dim",
+        "mup_output_alpha * mup_width_scale": "multipliers.logits",
+        # the names before Cerebras' "change mup param names" revision (19c3116)
+        "embeddings_scale": "multipliers.embedding",
+        "scale_qk_dot_by_d": "multipliers.attention == inverse_head_dim",
+        "output_logits_scale": "multipliers.logits",
         "tie_word_embeddings": "tied_embeddings",
     },
+    unsupported={"alibi_scaling": "ALiBi slope scaling for contexts beyond the trained length"},
     ignored=[".attn.bias", ".attn.masked_bias"],
 )
 

@@ -34,6 +34,8 @@ class ConfigMismatch(NamedTuple):
     rule: str
 
     def describe(self) -> str:
+        if self.field == "(unsupported)":
+            return f"config.json sets {self.key}={self.checkpoint_value!r}, which switches on {self.rule}"
         return (
             f"config.json {self.key}={self.checkpoint_value!r} disagrees with the card's {self.field} "
             f"({self.card_value!r}; rule: {self.key} <-> {self.rule})"
@@ -44,7 +46,13 @@ _ABSENT = object()
 
 
 def _lookup(config: dict[str, Any], key: str) -> Any:
-    """config["a.b"] means config["a"]["b"] (transformers v5 nests rope settings in rope_parameters)."""
+    """config["a.b"] means config["a"]["b"] (transformers v5 nests rope settings in rope_parameters);
+    "a * b" is the product of two numbers (BTLM's logit multiplier is mup_output_alpha * mup_width_scale)."""
+    if " * " in key:
+        factors = [_lookup(config, part.strip()) for part in key.split(" * ")]
+        if any(f is _ABSENT or isinstance(f, bool) or not isinstance(f, (int, float)) for f in factors):
+            return _ABSENT
+        return math.prod(factors)
     value: Any = config
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -109,7 +117,13 @@ class CheckpointLayout(BaseModel):
     config: dict[str, str] = Field(
         default_factory=dict,
         description="config.json key ('a.b' for nested) -> the architecture field it must equal ('heads'), or a "
-        "condition that must equal the key's boolean value ('residual.kind == parallel'). Absent keys are skipped.",
+        "condition that must equal the key's boolean value ('residual.kind == parallel'); 'a * b' as a key is the "
+        "product of two numeric keys. Absent keys are skipped.",
+    )
+    unsupported: dict[str, str] = Field(
+        default_factory=dict,
+        description="config.json keys that must be absent or null, with the feature they would switch on "
+        "that the runtime does not implement (a checkpoint that sets one is refused, not run wrongly).",
     )
     ignored: list[str] = Field(
         default_factory=list, description="Checkpoint tensor name suffixes that carry no weights (e.g. rotary caches)."
@@ -139,6 +153,12 @@ class CheckpointLayout(BaseModel):
             expected = str(card_value) == literal if literal else card_value
             if not _same(expected, stored):
                 found.append(ConfigMismatch(key, f"architecture.{field}", card_value, stored, rule))
+        for key, feature in self.unsupported.items():
+            stored = _lookup(config, key)
+            if stored is not _ABSENT and stored is not None:
+                found.append(
+                    ConfigMismatch(key, "(unsupported)", None, stored, f"{feature}, which modeldeck does not implement")
+                )
         return found
 
     def checkpoint_name(self, decoder_name: str, block: int | None = None) -> str:

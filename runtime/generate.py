@@ -136,14 +136,40 @@ def sample(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | N
 # --- the loop ------------------------------------------------------------------------------------
 
 
+ATTENTION_BUDGET = 256 * 2**20
+"""Bytes one layer's attention scores (fp32 [B, H, T, S]) may take during prefill; longer prompts are prefilled in
+chunks of queries against the growing cache, so no forward pass builds an O(N^2 * heads) score or bias tensor."""
+
+
+def prefill_chunk(heads: int, batch: int, keys: int, budget: int = ATTENTION_BUDGET) -> int:
+    """Queries per prefill pass: as many as keep B x H x T x S fp32 scores within `budget` (at least 16)."""
+    return max(16, budget // (batch * heads * keys * 4))
+
+
 @torch.inference_mode()
-def prefill(decoder: Decoder, prompts: list[list[int]], cache: KVCache, backend: Backend, pad_id: int) -> torch.Tensor:
-    """Run all prompts (right-padded to one length) through the decoder; logits of each last token [B, V]."""
+def prefill(
+    decoder: Decoder,
+    prompts: list[list[int]],
+    cache: KVCache,
+    backend: Backend,
+    pad_id: int,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Run all prompts (right-padded to one length) through the decoder, `chunk` queries per pass (default:
+    `prefill_chunk`); logits of each prompt's last token [B, V]."""
     device = cache.k.device
     longest = max(map(len, prompts))
     tokens = torch.tensor([p + [pad_id] * (longest - len(p)) for p in prompts], device=device)  # [B, T]
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    logits = decoder(tokens, cache, backend, start=torch.zeros_like(lengths), last=lengths - 1)  # [B, V]
+    last = lengths - 1  # [B]
+    chunk = chunk or prefill_chunk(decoder.arch.heads, len(prompts), longest)
+    logits = torch.empty(0)
+    for begin in range(0, longest, chunk):
+        part = tokens[:, begin : begin + chunk]  # [B, C]
+        start = torch.full_like(lengths, begin)
+        here = decoder(part, cache, backend, start=start, last=(last - begin).clamp(0, part.shape[1] - 1))  # [B, V]
+        ends_here = ((last >= begin) & (last < begin + part.shape[1]))[:, None]  # [B, 1]
+        logits = here if begin == 0 else torch.where(ends_here, here, logits)
     cache.lengths = lengths
     return logits
 

@@ -189,6 +189,7 @@ def _check(
         )
     shapes = [
         f"tensor {ckpt}: expected shape {list(shape)} ({_why(part)}), got {list(headers[ckpt][1])}"
+        + _transposed_hint(layout, part, shape, headers[ckpt][1])
         for ckpt, (part, shape) in sorted(wanted.items(), key=lambda item: _natural(item[0]))
         if ckpt in headers and headers[ckpt][1] != shape
     ]
@@ -199,6 +200,14 @@ def _check(
             problems,
             f"check that these weights belong to card {card.id!r} (layout {layout.name!r}) and fix the card or the weights",
         )
+
+
+def _transposed_hint(layout: CheckpointLayout, part: str, expected: tuple[int, ...], got: tuple[int, ...]) -> str:
+    if len(got) != 2 or tuple(reversed(got)) != expected:
+        return ""
+    if part in layout.transposed:
+        return f" - stored as [out, in]; layout {layout.name!r} stores this weight [in, out] (GPT-2 Conv1D)"
+    return f" - stored as [in, out]; layout {layout.name!r} stores this weight [out, in] (nn.Linear)"
 
 
 def _config_problems(card: Card, layout: CheckpointLayout, directory: Path) -> list[str]:
@@ -290,21 +299,38 @@ def load_decoder(
     for name, sources in plan.items():
         parts = [get(ckpt) for _, ckpt, _ in sources]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if name == "alibi_slopes":
+            decoder.alibi = _checked_slopes(tensor, arch.heads, layout.tensors[name], directory)
+            continue
         dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
         state[name] = _convert(tensor, sources[0][0], layout, arch, dtype, device)
-    slopes = state.pop("alibi_slopes", None)
-    if slopes is not None and decoder.alibi is not None:
-        expected = alibi_slopes(arch.heads)
-        if not torch.allclose(slopes.float().flatten().cpu(), expected, rtol=1e-3):
-            raise CheckpointError(
-                directory,
-                [
-                    f"tensor {layout.tensors['alibi_slopes']} holds ALiBi slopes {slopes.flatten().tolist()[:4]}..., "
-                    f"expected the standard slopes for {arch.heads} heads {expected.tolist()[:4]}..."
-                ],
-                "the checkpoint uses non-standard ALiBi slopes, which modeldeck does not support",
-            )
     decoder.load_state_dict(state, strict=True, assign=True)
     if decoder.alibi is not None:
         decoder.alibi = decoder.alibi.to(device)
     return decoder.eval()
+
+
+def _checked_slopes(stored: torch.Tensor, heads: int, tensor_name: str, directory: Path) -> torch.Tensor:
+    """A checkpoint's ALiBi slopes [H] (fp32), if they are the standard slopes as rounded to the stored dtype.
+
+    The stored copy is what the original implementation multiplies with (an nn.Parameter loaded from the
+    checkpoint), so it is the one used: for a bfloat16 checkpoint it differs from the exact slopes by up
+    to 2^-9 relative, which moves a bias of -30 by 0.06."""
+    expected = alibi_slopes(heads)
+    got = stored.detach().float().flatten().cpu()
+    tolerance = torch.finfo(stored.dtype).eps if stored.dtype.is_floating_point else 0.0
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tolerance, atol=0.0):
+        worst = int((got - expected).abs().argmax()) if got.shape == expected.shape else 0
+        raise CheckpointError(
+            directory,
+            [
+                f"tensor {tensor_name} holds ALiBi slopes that are not the standard ones for {heads} heads: "
+                f"head {worst} has {got[worst].item():.6g}, expected {expected[worst].item():.6g} "
+                f"(2^(-8(h+1)/H) and the interleave for head counts that are not powers of two; stored "
+                f"{stored.dtype})"
+            ],
+            "the checkpoint uses different ALiBi slopes (or another head count than the card's architecture.heads); "
+            "modeldeck computes positions from the standard slopes only",
+        )
+    return got
+

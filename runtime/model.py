@@ -17,7 +17,9 @@ Grouped-query attention: H query heads share KV key/value heads, H / KV queries 
     kv heads:    k0 v0    |    k1 v1           (KV = 2; MHA: KV = H; MQA: KV = 1)
 
 Positions are rotary (GPT-NeoX half-split rotation on the first `fraction` of each head's dims) or
-ALiBi (a per-head linear bias on the attention scores).
+ALiBi (a per-head linear bias on the attention scores, built by runtime/attention.py). muP models
+(BTLM) scale three places, all card data: embeddings (x 14.6), attention scores (/ head_dim instead
+of / sqrt(head_dim), ALiBi added after) and logits (x 2.22 * 0.1).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class GELUMLP(nn.Module):
 
 
 class SwiGLUMLP(nn.Module):
-    """down(silu(gate(x)) * up(x))."""
+    """down(silu(gate(x)) * up(x)). Llama: gate_proj/up_proj; BTLM: c_fc2 is the gate, c_fc the up projection."""
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
@@ -151,7 +153,7 @@ class Attention(nn.Module):
             k = rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
         ctx.cache.write(layer, k, v, ctx.start)
         keys, values = ctx.cache.view(layer, ctx.used)
-        out = ctx.backend.attend(q, keys, values, ctx.mask, self.scale, ctx.bias)  # [B, T, H, D]
+        out = ctx.backend.attend(q, keys, values, ctx.mask, self.scale)  # [B, T, H, D]
         return self.out(out.reshape(batch, queries, self.heads * self.head_dim))
 
 
@@ -175,28 +177,23 @@ class Block(nn.Module):
 
 
 class Context:
-    """What every layer of one forward pass shares: cache, positions, rotary tables or ALiBi bias."""
+    """What every layer of one forward pass shares: cache, positions, rotary tables, the backend's mask."""
 
     def __init__(self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, backend: Backend):
         self.cache, self.start, self.backend = cache, start, backend
-        # cache positions the keys are read from: those any query can see, or the whole cache
-        self.used = cache.capacity if backend.full_cache else int((start + queries).max())
-        self.mask = backend.prepare(start, queries, self.used)
-        positions = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
+        self.used = backend.keys(start, queries, cache.capacity, decoder.alibi is not None)  # cache positions read
+        # The mask carries the causal rule and, for ALiBi models, the bias (runtime/attention.py builds both).
+        self.mask = backend.prepare(start, queries, self.used, decoder.alibi, decoder.embed.weight.dtype)
         self.rotary_dims = decoder.rotary_dims
         self.cos = self.sin = torch.empty(0)
-        self.bias: torch.Tensor | None = None
         if self.rotary_dims:
+            positions = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
             inv_freq = decoder.rotary_base ** -(
                 torch.arange(0, self.rotary_dims, 2, device=start.device, dtype=torch.float32) / self.rotary_dims
             )
             angles = positions[..., None].float() * inv_freq  # [B, T, dims/2]
             angles = torch.cat((angles, angles), dim=-1)[:, :, None, :]  # [B, T, 1, dims]
             self.cos, self.sin = angles.cos(), angles.sin()
-        if decoder.alibi is not None:
-            # bias[b, h, t, j] = -slope_h * (position - j); masked (future) keys are removed by the backend.
-            distance = positions[:, None, :, None] - torch.arange(self.used, device=start.device)  # [B, 1, T, S]
-            self.bias = -decoder.alibi.to(start.device)[None, :, None, None] * distance.float()  # [B, H, T, S]
 
 
 class Decoder(nn.Module):
@@ -211,7 +208,8 @@ class Decoder(nn.Module):
         )
         self.rotary_dims = arch.rotary_dims
         self.rotary_base = arch.positions.base if isinstance(arch.positions, RotaryPositions) else 0.0
-        # Computed, not loaded: a checkpoint's stored slopes are checked against these at load time.
+        # ALiBi slopes [H] (fp32): the standard ones; loading replaces them with a checkpoint's stored copy
+        # once it is checked to be those slopes (as rounded to the checkpoint's dtype, as the original runs).
         self.alibi = alibi_slopes(arch.heads) if isinstance(arch.positions, AlibiPositions) else None
 
     def forward(

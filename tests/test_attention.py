@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from modeldeck.runtime.attention import (  # noqa: E402
+    EagerMask,
     eager_attention,
     sdpa_attention,
     visible_keys,
@@ -76,8 +77,8 @@ def visible(q, k, start):
 def test_eager_and_sdpa_agree_with_the_loop_reference(kind, case):
     q, k, v, start = random_inputs(case, *HEADS[kind])
     scale = q.shape[-1] ** -0.5
-    eager = eager_attention(q, k, v, visible(q, k, start), scale, None)
-    sdpa = sdpa_attention(q, k, v, visible(q, k, start), scale, None)
+    eager = eager_attention(q, k, v, EagerMask(visible(q, k, start), None), scale)
+    sdpa = sdpa_attention(q, k, v, visible(q, k, start), scale)
     assert eager.shape == sdpa.shape == q.shape
     assert (eager - sdpa).abs().max().item() <= 1e-5
     reference = loop_reference(q, k, v, start, scale)
@@ -93,14 +94,15 @@ def test_an_additive_bias_like_alibi_is_applied_the_same_way(kind, case):
     slopes = torch.tensor([2.0 ** -(i + 1) for i in range(heads)])
     positions = start[:, None] + torch.arange(queries)  # [B, T]
     distance = positions[:, None, :, None] - torch.arange(k.shape[1])  # [B, 1, T, S]
-    bias = -slopes[None, :, None, None] * distance.float()  # [B, H, T, S], like runtime/model.py's ALiBi
+    bias = -slopes[None, :, None, None] * distance.float()  # [B, H, T, S], ALiBi written out here
     scale = q.shape[-1] ** -0.5
-    eager = eager_attention(q, k, v, visible(q, k, start), scale, bias)
-    sdpa = sdpa_attention(q, k, v, visible(q, k, start), scale, bias)
+    mask = visible(q, k, start)
+    eager = eager_attention(q, k, v, EagerMask(mask, bias), scale)
+    sdpa = sdpa_attention(q, k, v, bias.masked_fill(~mask, -math.inf), scale)
     assert (eager - sdpa).abs().max().item() <= 1e-5
     assert (eager.double() - loop_reference(q, k, v, start, scale, bias)).abs().max().item() <= 1e-5
     # the bias changes the answer (it is not silently dropped)
-    assert (eager - eager_attention(q, k, v, visible(q, k, start), scale, None)).abs().max().item() > 1e-3
+    assert (eager - eager_attention(q, k, v, EagerMask(mask, None), scale)).abs().max().item() > 1e-3
 
 
 def block_diagonal(start, queries, cache_length):
@@ -132,8 +134,8 @@ def test_xformers_matches_sdpa_on_cuda_fp16(case):
     pytest.importorskip("xformers.ops")
     q, k, v, start = random_inputs(case, *HEADS["gqa"], dim=64, dtype=torch.float16, device="cuda")
     scale = q.shape[-1] ** -0.5
-    ours = xformers_attention(q, k, v, xformers_bias(start, q.shape[1], k.shape[1]), scale, None)
-    expected = sdpa_attention(q, k, v, visible(q, k, start), scale, None)
+    ours = xformers_attention(q, k, v, xformers_bias(start, q.shape[1], k.shape[1]), scale)
+    expected = sdpa_attention(q, k, v, visible(q, k, start), scale)
     assert ours.shape == q.shape and ours.dtype == torch.float16
     # fp16 tolerance: a few units in the last place of outputs that reach |v| ~ 3 (an ulp there is 2e-3)
     torch.testing.assert_close(ours.float(), expected.float(), atol=2e-3, rtol=2e-3)
