@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -116,7 +115,7 @@ def write_btlm_checkpoint(
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
-    slopes: Sequence[float] | torch.Tensor | None = None,
+    slopes: list[float] | tuple[float, ...] | torch.Tensor | None = None,
     tensors: dict[str, torch.Tensor | None] | None = None,
     tokenizer: bool = True,
 ) -> dict[str, torch.Tensor]:
