@@ -333,4 +333,3 @@ def _checked_slopes(stored: torch.Tensor, heads: int, tensor_name: str, director
             "modeldeck computes positions from the standard slopes only",
         )
     return got
-

@@ -155,11 +155,51 @@ def write_btlm_checkpoint(
 
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer and GPT2_TOKENIZER.is_dir():
+    if tokenizer:
+        copy_gpt2_tokenizer(directory)
+    return state
+
+
+def copy_gpt2_tokenizer(directory: Path) -> None:
+    """The real GPT-2 tokenizer files, when ../shared/reference is beside the clone."""
+    if GPT2_TOKENIZER.is_dir():
         for file in TOKENIZER_FILES:
             if (GPT2_TOKENIZER / file).is_file():
                 shutil.copyfile(GPT2_TOKENIZER / file, directory / file)
-    return state
+
+
+def write_sparse_btlm_checkpoint(directory: str | Path, config: dict, *, tokenizer: bool = True) -> int:
+    """A full-size BTLM checkpoint that costs no disk: model.safetensors in bfloat16 (as published) written as a
+    sparse file whose large tensors are holes (zeros); layer norms (weight 1) and the slopes are written for real.
+    Returns the file's logical size in bytes. The safetensors layout (8-byte header length, JSON header, data in
+    header order) is written here by hand because the library has no way to leave holes."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dense: dict[str, torch.Tensor] = {}
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in btlm_parameter_shapes(config).items():
+        if name == "transformer.relative_pe.slopes":
+            dense[name] = torch.tensor(alibi_slopes_reference(config["n_head"])).reshape(shape).to(torch.bfloat16)
+        elif name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            dense[name] = torch.ones(shape, dtype=torch.bfloat16)
+        size = math.prod(shape) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path = directory / "model.safetensors"
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little") + encoded)
+        base = f.tell()
+        for name, tensor in dense.items():
+            f.seek(base + header[name]["data_offsets"][0])  # type: ignore[index]
+            f.write(tensor.view(torch.uint8).numpy().tobytes())
+        f.truncate(base + offset)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if tokenizer:
+        copy_gpt2_tokenizer(directory)
+    return base + offset
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
