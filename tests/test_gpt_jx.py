@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from modeldeck import registry, runtime  # noqa: E402
 from modeldeck.runtime.attention import get_backend  # noqa: E402
 from modeldeck.runtime.engine import _choose_dtype  # noqa: E402
 from modeldeck.runtime.generate import generate_tokens, prefill, prefill_chunk, resolve_options  # noqa: E402
-from modeldeck.runtime.loading import CheckpointError  # noqa: E402
+from modeldeck.runtime.loading import CheckpointError, load_decoder  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
 from .btlm_reference import (  # noqa: E402
@@ -58,13 +59,26 @@ def config_for(card, **overrides) -> dict:
 @pytest.fixture(scope="module")
 def jx(tmp_path_factory):
     """(card, checkpoint folder, its state dict, its config) for a tiny GPT-JX with the real GPT-2 tokenizer."""
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"the GPT-2 tokenizer is not at {GPT2_TOKENIZER} (shared/ beside the clone)")
     card = tiny_jx_card()
     directory = tmp_path_factory.mktemp("tiny-gpt-jx")
     config = config_for(card)
     write_btlm_checkpoint(directory, config, seed=0)
     return card, directory, load_file(directory / "model.safetensors"), config
+
+
+def load(card, directory, attention: str = "sdpa"):
+    """runtime.load when the real GPT-2 tokenizer is beside the clone (the whole path); without it, the same
+    checkpoint loading (runtime/loading.py) with no tokenizer, so the numerics are tested either way."""
+    if GPT2_TOKENIZER.is_dir():
+        return runtime.load(card, weights=directory, device="cpu", attention=attention)
+    layout = registry.default().checkpoint_layouts()[card.architecture.checkpoint_layout]
+    decoder = load_decoder(card, layout, Path(directory), torch.float32, torch.device("cpu"))
+    return types.SimpleNamespace(decoder=decoder, backend=get_backend(attention), dtype=torch.float32)
+
+
+needs_gpt2_tokenizer = pytest.mark.skipif(
+    not GPT2_TOKENIZER.is_dir(), reason=f"the GPT-2 tokenizer is not at {GPT2_TOKENIZER} (shared/ beside the clone)"
+)
 
 
 def prompts(seed: int = 0) -> list[list[int]]:
@@ -80,7 +94,7 @@ def padded(batch: list[list[int]]) -> torch.Tensor:
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_logits_match_the_independent_fp64_reference_for_a_padded_batch(jx, backend):
     card, directory, state, config = jx
-    model = runtime.load(card, weights=directory, device="cpu", attention=backend)
+    model = load(card, directory, attention=backend)
     batch = prompts()
     cache = KVCache(card.architecture, len(batch), max(LENGTHS), torch.float32, "cpu")
     with torch.inference_mode():
@@ -93,7 +107,7 @@ def test_logits_match_the_independent_fp64_reference_for_a_padded_batch(jx, back
 
 def test_chunked_prefill_equals_one_pass(jx):
     card, directory, _, _ = jx
-    model = runtime.load(card, weights=directory, device="cpu")
+    model = load(card, directory)
     batch = prompts(seed=2)
     results = []
     for chunk in (None, 4, 1):
@@ -132,7 +146,7 @@ def test_prefill_chunks_keep_every_attention_mask_within_the_budget():
 
 def test_greedy_decoding_with_the_kv_cache_equals_recomputation(jx):
     card, directory, state, config = jx
-    model = runtime.load(card, weights=directory, device="cpu")
+    model = load(card, directory)
     batch = prompts(seed=1)
     opts = resolve_options(card.generation, [], {"max_new_tokens": 6, "do_sample": False})
     generated: list[list[int]] = [[] for _ in batch]
@@ -147,10 +161,11 @@ def test_greedy_decoding_with_the_kv_cache_equals_recomputation(jx):
             sequence.append(token)
 
 
+@needs_gpt2_tokenizer
 def test_the_card_generates_with_the_real_gpt2_tokenizer(jx):
     card, directory, state, config = jx
     assert card.format.name == "plain"
-    model = runtime.load(card, weights=directory, device="cpu")
+    model = load(card, directory)
     text = "def fibonacci(n):"
     expected_ids = tokenizers.Tokenizer.from_file(str(GPT2_TOKENIZER / "tokenizer.json")).encode(text).ids
     assert model.render(text) == text and model.encode(text) == expected_ids
@@ -173,6 +188,7 @@ def test_dtype_defaults_fp16_on_a_gpu_and_fp32_on_the_cpu():
     assert _choose_dtype(card, "bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
+@needs_gpt2_tokenizer
 def test_the_full_size_card_refuses_the_tiny_checkpoint_by_name(jx):
     _, directory, _, _ = jx
     with pytest.raises(CheckpointError) as error:
@@ -183,11 +199,10 @@ def test_the_full_size_card_refuses_the_tiny_checkpoint_by_name(jx):
 
 
 @pytest.mark.slow
+@needs_gpt2_tokenizer
 def test_the_real_card_loads_a_full_size_checkpoint_by_name(tmp_path):
     """runtime.load("gpt-jx-3b", weights=DIR) on a checkpoint of the real size and layout (5.3 GB of bf16, as
     published; a sparse file of zeros here, so it costs no disk), loaded in its own dtype: memory-mapped, not copied."""
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"the GPT-2 tokenizer is not at {GPT2_TOKENIZER}")
     config = btlm_config(layers=32, hidden=2560, heads=32, ffn=6826, vocab=50257, context=8192)
     size = write_sparse_btlm_checkpoint(tmp_path, config)
     assert size > 5.29e9
@@ -208,7 +223,7 @@ def test_wrong_alibi_slopes_are_refused(jx, tmp_path):
     wrong = [2.0 ** -(i + 1) for i in range(8)][::-1]  # right values, wrong head order
     write_btlm_checkpoint(tmp_path, config, slopes=wrong, tokenizer=True)
     with pytest.raises(CheckpointError) as error:
-        runtime.load(card, weights=tmp_path, device="cpu")
+        load(card, tmp_path)
     assert "tensor transformer.relative_pe.slopes holds ALiBi slopes that are not the standard ones" in str(error.value)
     assert "head 0 has 0.00390625, expected 0.5" in str(error.value)
 
@@ -216,7 +231,7 @@ def test_wrong_alibi_slopes_are_refused(jx, tmp_path):
 def test_bfloat16_checkpoint_slopes_are_accepted_and_used_as_stored(jx, tmp_path):
     card = tiny_jx_card(heads=12, kv_heads=12, hidden_size=96)  # 12 heads: slopes such as 2^-0.5, inexact in bf16
     saved = write_btlm_checkpoint(tmp_path, config_for(card), dtype=torch.bfloat16)
-    model = runtime.load(card, weights=tmp_path, device="cpu")
+    model = load(card, tmp_path)
     stored = saved["transformer.relative_pe.slopes"].float().flatten()
     exact = torch.tensor(alibi_slopes_reference(12), dtype=torch.float32)
     assert not torch.equal(stored, exact)  # bf16 rounding moved some of them ...
@@ -229,7 +244,7 @@ def test_a_c_attn_stored_the_wrong_way_round_is_named(jx, tmp_path):
     name = "transformer.h.1.attn.c_attn.weight"
     write_btlm_checkpoint(tmp_path, config_for(card), tensors={name: state[name].t()})
     with pytest.raises(CheckpointError) as error:
-        runtime.load(card, weights=tmp_path, device="cpu")
+        load(card, tmp_path)
     assert f"tensor {name}: expected shape [64, 192]" in str(error.value)
     assert "got [192, 64] - stored as [out, in]; layout 'btlm' stores this weight [in, out] (GPT-2 Conv1D)" in str(
         error.value
@@ -258,7 +273,7 @@ def test_config_json_disagreeing_with_the_card_is_named(jx, tmp_path, override, 
     card, _, _, _ = jx
     write_btlm_checkpoint(tmp_path, config_for(card, **override), tokenizer=True)
     with pytest.raises(CheckpointError) as error:
-        runtime.load(card, weights=tmp_path, device="cpu")
+        load(card, tmp_path)
     assert named in str(error.value)
 
 
@@ -279,17 +294,22 @@ def test_the_published_configs_agree_with_the_card(reference):
 PREFILL_8K = textwrap.dedent(
     """
     import json, sys, torch
-    from modeldeck import registry, runtime
+    from pathlib import Path
+    from modeldeck import registry
+    from modeldeck.runtime.attention import get_backend
     from modeldeck.runtime.generate import prefill
+    from modeldeck.runtime.loading import load_decoder
     from modeldeck.runtime.model import KVCache
 
     card = registry.card_from_data(json.loads(sys.argv[2]), "tiny-gpt-jx-8k")
-    model = runtime.load(card, weights=sys.argv[1], device="cpu", attention=sys.argv[3])
+    layout = registry.default().checkpoint_layouts()["btlm"]
+    decoder = load_decoder(card, layout, Path(sys.argv[1]), torch.float32, torch.device("cpu"))
+    backend = get_backend(sys.argv[3])
     ids = json.loads(sys.argv[4])
     cache = KVCache(card.architecture, 1, len(ids), torch.float32, "cpu")
     tokens = torch.tensor([ids])
     with torch.inference_mode():
-        model.decoder(tokens[:, :8], cache, model.backend, start=torch.zeros(1, dtype=torch.long))  # warm up
+        decoder(tokens[:, :8], cache, backend, start=torch.zeros(1, dtype=torch.long))  # warm up
     def status(field):  # kB -> bytes, from this process' own memory accounting
         line = next(line for line in open("/proc/self/status") if line.startswith(field + ":"))
         return int(line.split()[1]) * 1024
@@ -299,7 +319,7 @@ PREFILL_8K = textwrap.dedent(
     except OSError:
         pass  # then the peak also counts loading: an overestimate, never an underestimate
     before = status("VmRSS")
-    logits = prefill(model.decoder, [ids], cache, model.backend, pad_id=0)  # [1, V], the last position
+    logits = prefill(decoder, [ids], cache, backend, pad_id=0)  # [1, V], the last position
     peak = status("VmHWM")
     print(json.dumps({"before": before, "peak": peak, "logits": logits[0].tolist()}))
     """
@@ -316,8 +336,6 @@ def test_8192_token_prefill_on_the_cpu_has_bounded_memory_and_matches_the_refere
     once (the additive mask, the scores and their softmax), and the weights and KV cache of this model are ~20 MB.
     So the prefill's own peak must stay under 6 x 256 MiB = 1.5 GiB: a fifth of one full-sequence bias.
     """
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip(f"the GPT-2 tokenizer is not at {GPT2_TOKENIZER}")
     changes = {"layers": 2, "hidden_size": 128, "heads": 32, "kv_heads": 32, "ffn_size": 341}
     data = tiny_card_data("gpt-jx-3b", {**changes, "context_length": 8192})
     card = registry.card_from_data(data, "tiny-gpt-jx-8k")
@@ -347,13 +365,12 @@ def test_8192_token_prefill_on_the_cpu_has_bounded_memory_and_matches_the_refere
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (xformers kernels)")
+@needs_gpt2_tokenizer
 def test_xformers_fp16_matches_fp32_sdpa_at_8192_tokens_on_cuda(tmp_path):
     pytest.importorskip("xformers.ops")
     changes = {"layers": 2, "hidden_size": 256, "heads": 32, "kv_heads": 32, "ffn_size": 682, "context_length": 8192}
     card = tiny_jx_card(**changes)
-    write_btlm_checkpoint(tmp_path, config_for(card), seed=4, tokenizer=GPT2_TOKENIZER.is_dir())
-    if not GPT2_TOKENIZER.is_dir():
-        pytest.skip("needs the GPT-2 tokenizer files")
+    write_btlm_checkpoint(tmp_path, config_for(card), seed=4)
     ids = torch.randint(0, 50257, (8192,), generator=torch.Generator().manual_seed(9)).tolist()
 
     def last_logits(**how) -> torch.Tensor:
