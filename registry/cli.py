@@ -3,71 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
 
 from modeldeck import registry
-from modeldeck.registry import display
+from modeldeck.registry import cli_checkpoint, cli_hub, cli_memory, display
 from modeldeck.registry.cardfile import load_card_file
 from modeldeck.registry.catalog import Registry
 from modeldeck.registry.checks import check_card, check_tokenizer
-from modeldeck.registry.diagnostics import CardError, Diagnostic, ModeldeckError
+from modeldeck.registry.cli_common import F, err, load_registry, out, report_errors
+from modeldeck.registry.diagnostics import CardError, Diagnostic
 from modeldeck.registry.prompting import PromptError, render_prompt
 from modeldeck.registry.schema import Card
 
 __all__ = ["main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Piped output is not cut to 80 columns: tables stay one row per card for grep and tests.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
-
-
-def _report_errors(command: F) -> F:
-    """Turn modeldeck's errors into a clean message and exit code 1 (a traceback only with MODELDECK_DEBUG=1)."""
-
-    @wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ModeldeckError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
-            sys.exit(1)
-        except Exception as exc:  # a bug in modeldeck: say so without a traceback
-            if os.environ.get("MODELDECK_DEBUG"):
-                raise
-            err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {exc}\n"
-                "This is a bug in modeldeck. Run again with MODELDECK_DEBUG=1 for the traceback and report it.",
-                markup=True,
-                soft_wrap=True,
-            )
-            sys.exit(2)
-
-    return run  # type: ignore[return-value]
-
-
-def _load_registry(quiet_problems: bool = False) -> Registry:
-    reg = registry.default()
-    problems = reg.errors()
-    if problems and not quiet_problems:
-        err.print(
-            f"[yellow]warning:[/yellow] {len(problems)} problem(s) loading plugins; the other cards are usable. "
-            "Details: `modeldeck validate`",
-            markup=True,
-            soft_wrap=True,
-        )
-        for d in problems:
-            err.print(f"  {d.render()}", markup=False, soft_wrap=True)
-    return reg
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,10 +30,10 @@ def main() -> None:
 
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_report_errors
+@report_errors
 def list_cards(as_json: bool) -> None:
     """List the installed cards."""
-    reg = _load_registry()
+    reg = load_registry()
     entries = reg.entries()
     if as_json:
         click.echo(json.dumps([display.summary(e) for e in entries], indent=2))
@@ -92,10 +44,10 @@ def list_cards(as_json: bool) -> None:
 @main.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the card (and computed facts) as JSON.")
-@_report_errors
+@report_errors
 def show(name: str, as_json: bool) -> None:
     """Show every section of a card: NAME is an id, alias or hub repository."""
-    entry = _load_registry(quiet_problems=True).entry(name)
+    entry = load_registry(quiet_problems=True).entry(name)
     if as_json:
         click.echo(json.dumps(display.card_json(entry), indent=2, ensure_ascii=False))
         return
@@ -111,13 +63,13 @@ def show(name: str, as_json: bool) -> None:
     "--messages",
     help='A conversation as JSON messages, e.g. \'[{"role": "user", "content": "Hi"}]\'; "-" reads standard input.',
 )
-@_report_errors
+@report_errors
 def prompt(name: str, text: str | None, system: str | None, messages: str | None) -> None:
     """Print the exact prompt the model will see for TEXT (or a conversation).
 
     The prompt is written byte for byte; a newline is added only when writing to a terminal.
     """
-    card = _load_registry(quiet_problems=True).get(name)
+    card = load_registry(quiet_problems=True).get(name)
     if (text is None) == (messages is None):
         raise click.UsageError("give either TEXT or --messages")
     conversation: Any = text
@@ -141,7 +93,7 @@ def prompt(name: str, text: str | None, system: str | None, messages: str | None
     type=click.Path(exists=True, path_type=Path),
     help="A folder with tokenizer.json: check ids, markers and stop strings against it.",
 )
-@_report_errors
+@report_errors
 def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None) -> None:
     """Validate the installed cards, or the given card files (or card ids).
 
@@ -242,7 +194,7 @@ def _load_model(name: str, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]
 @_model_options
 @click.option("--stream", is_flag=True, help="Print the text as it is generated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (text, finish reason, token counts).")
-@_report_errors
+@report_errors
 def generate(name: str, prompt: str, stream: bool, as_json: bool, **kwargs: Any) -> None:
     """Generate a completion for PROMPT with card NAME (its prompt format and defaults apply)."""
     system = kwargs.pop("system")
@@ -275,7 +227,7 @@ def generate(name: str, prompt: str, stream: bool, as_json: bool, **kwargs: Any)
 @main.command()
 @click.argument("name")
 @_model_options
-@_report_errors
+@report_errors
 def chat(name: str, **kwargs: Any) -> None:
     """Chat with card NAME in the terminal (/reset forgets the conversation, /exit or Ctrl-D ends it)."""
     system = kwargs.pop("system")
@@ -307,7 +259,7 @@ def chat(name: str, **kwargs: Any) -> None:
 
 
 @main.command()
-@_report_errors
+@report_errors
 def schema() -> None:
     """Print the card JSON Schema (for editors and other tools)."""
     click.echo(json.dumps(Card.model_json_schema(), indent=2, ensure_ascii=False))
@@ -315,7 +267,7 @@ def schema() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@_report_errors
+@report_errors
 def plugins(as_json: bool) -> None:
     """Show which plugin, from which distribution, contributed what, and which failed."""
     reg = registry.default()
@@ -329,6 +281,12 @@ def plugins(as_json: bool) -> None:
     out.print(display.plugin_table(reg.plugins()))
     for d in reg.diagnostics:
         (err if d.severity == "error" else out).print(d.render(), markup=False, soft_wrap=True)
+
+
+# Commands that live in their own modules (each lists its click commands in COMMANDS).
+for _module in (cli_checkpoint, cli_hub, cli_memory):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)
 
 
 if __name__ == "__main__":
