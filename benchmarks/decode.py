@@ -94,11 +94,10 @@ def build_checkpoint(shape: dict, directory: Path) -> int:
 
 
 def modeldeck_card(shape: dict):
-    import yaml
-
     from modeldeck import registry
+    from modeldeck.plugins import pythia
 
-    data = yaml.safe_load((REPO / "cards" / "pythia-1.4b.yaml").read_text(encoding="utf-8"))
+    data = pythia.card_data("pythia-1.4b")
     data["id"], data["aliases"], data["parameters"] = "bench", [], {}
     data["architecture"] = {**data["architecture"], **shape, "kv_heads": shape["heads"]}
     return registry.default().resolve_card(registry.card_from_data(data, "bench"), "bench")

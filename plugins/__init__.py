@@ -1,6 +1,7 @@
 """modeldeck.plugins: the first-party plugins, loaded through entry points like any third-party one.
 
-One module per seed card, plus the shared prompt formats and checkpoint layouts.
+One module per seed card (the Pythia module registers the whole 16-model suite from one data file),
+plus the shared prompt formats and checkpoint layouts.
 """
 
 from __future__ import annotations

@@ -27,14 +27,20 @@ def reference() -> Path:
     return REFERENCE
 
 
+def first_party_card_data(card_id: str) -> dict:
+    """A first-party card as a plain dict: its cards/ file, or the Pythia suite's generated card."""
+    path = CARDS / f"{card_id}.yaml"
+    if path.is_file():
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    from modeldeck.plugins import pythia  # the 16 Pythia cards come from cards/pythia.suite.yaml
+
+    return pythia.card_data(card_id)
+
+
 @pytest.fixture
 def card_data() -> Callable[[str], dict]:
     """Loads a first-party card as a plain dict, to mutate in tests."""
-
-    def load(card_id: str) -> dict:
-        return yaml.safe_load((CARDS / f"{card_id}.yaml").read_text(encoding="utf-8"))
-
-    return load
+    return first_party_card_data
 
 
 class FakeSite:
@@ -144,7 +150,7 @@ TOKENIZERS = {  # seed card -> its real tokenizer in ../shared/reference/tokeniz
 
 def tiny_card_data(seed: str, changes: dict) -> dict:
     """The seed card with only its architecture shrunk (same layout, prompt format, tokenizer, defaults)."""
-    data = yaml.safe_load((CARDS / f"{seed}.yaml").read_text(encoding="utf-8"))
+    data = first_party_card_data(seed)
     data["id"], data["aliases"] = f"tiny-{seed}", []
     data["architecture"] = {**data["architecture"], "layers": 2, "hidden_size": 64, "ffn_size": 128, **changes}
     data["parameters"] = {}

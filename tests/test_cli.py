@@ -7,7 +7,12 @@ import json
 import pytest
 import yaml
 
-SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
+PYTHIA = {
+    f"pythia-{size}{v}"
+    for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    for v in ("", "-deduped")
+}
+SEEDS = {"astrid-1b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"} | PYTHIA
 
 
 def no_traceback(result) -> None:
@@ -19,7 +24,11 @@ def test_list_shows_the_first_party_cards(run_cli):
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:] if line.strip()}
     assert set(rows) == SEEDS
-    assert "1.41B" in rows["pythia-1.4b"] and "2,048" in rows["pythia-1.4b"] and "pythia-1-4b" in rows["pythia-1.4b"]
+    assert (
+        "1.41B" in rows["pythia-1.4b"]
+        and "2,048" in rows["pythia-1.4b"]
+        and rows["pythia-1.4b"].split()[-1] == "pythia"
+    )
     assert "8,192" in rows["gpt-jx-3b"]
     assert result.stderr == ""
 
@@ -61,7 +70,7 @@ def test_show_unknown_card_suggests_without_traceback(run_cli):
     result = run_cli("show", "pythia")
     assert result.returncode == 1
     no_traceback(result)
-    assert "No card named 'pythia'. Did you mean: pythia-1.4b?" in result.stderr
+    assert "No card named 'pythia'. Did you mean: pythia-1.4b, " in result.stderr
 
 
 def test_prompt_astrid_exact_bytes(run_cli):
@@ -98,7 +107,7 @@ def test_prompt_errors_are_one_line(run_cli, args, message):
 def test_validate_installed_cards_passes_with_warnings(run_cli):
     result = run_cli("validate")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 card(s) checked: valid (0 error(s)" in result.stdout
+    assert "21 card(s) checked: valid (0 error(s)" in result.stdout
     # Astrid's seed sets temperature with greedy decoding; Aira sets beam options with num_beams 1.
     assert "temperature=0.3 set with do_sample false: greedy decoding ignores them" in result.stdout
     assert "length_penalty=0.3, early_stopping=True set with num_beams 1" in result.stdout
@@ -186,7 +195,7 @@ def test_broken_plugins_are_reported_and_the_rest_works(run_cli, fake_site, card
     validated = run_cli("validate")
     assert validated.returncode == 1
     no_traceback(validated)
-    assert "5 card(s) checked: invalid (3 error(s)" in validated.stdout
+    assert "20 card(s) checked: invalid (3 error(s)" in validated.stdout
 
     shown = run_cli("show", "gpt-jx-3b")
     assert shown.returncode == 1 and "claimed by more than one card" in shown.stderr

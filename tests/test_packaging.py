@@ -16,7 +16,12 @@ import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
+PYTHIA = {
+    f"pythia-{size}{v}"
+    for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    for v in ("", "-deduped")
+}
+SEEDS = {"astrid-1b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"} | PYTHIA
 SKIP_DIRS = {".venv", ".git", "build", "dist", "tests", "examples", ".wheelhouse", "__pycache__"}
 
 
@@ -63,7 +68,7 @@ def test_registry_works_with_torch_unavailable():
             raise SystemExit("modeldeck.runtime imported without torch")
 
         cards = registry.cards()
-        assert len(cards) == 6 and registry.default().errors() == [], registry.default().diagnostics
+        assert len(cards) == 21 and registry.default().errors() == [], registry.default().diagnostics
         assert render_prompt(registry.get("astrid-1b").format, "Hi") == "<|prompt|>Hi<|endoftext|><|answer|>"
         assert count_parameters(registry.get("pythia-1.4b").architecture).total == 1414647808
         sys.argv = ["modeldeck", "validate", "--format", "json"]

@@ -9,7 +9,12 @@ import pytest
 from modeldeck import registry
 from modeldeck.registry import CardConflictError, CardNotFoundError, Registry
 
-SEEDS = {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
+PYTHIA = {
+    f"pythia-{size}{v}"
+    for size in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+    for v in ("", "-deduped")
+}
+SEEDS = {"astrid-1b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"} | PYTHIA
 
 
 @pytest.fixture
@@ -149,9 +154,9 @@ def test_environment_selects_plugins(site, monkeypatch, card_data):
     site.add("modeldeck-broken", {"fake_broken": "raise ImportError('nope')\n"}, {"broken": "fake_broken"})
     monkeypatch.setenv("MODELDECK_PLUGINS", "none")
     assert Registry.from_entry_points().plugins() == []
-    monkeypatch.setenv("MODELDECK_PLUGINS", "prompt-formats,checkpoint-layouts,pythia-1-4b")
+    monkeypatch.setenv("MODELDECK_PLUGINS", "prompt-formats,checkpoint-layouts,pythia")
     reg = Registry.from_entry_points()
-    assert [c.id for c in reg.cards()] == ["pythia-1.4b"] and reg.diagnostics == []
+    assert {c.id for c in reg.cards()} == PYTHIA and reg.diagnostics == []
     monkeypatch.setenv("MODELDECK_PLUGINS", "modeldeck")  # a distribution name selects all its plugins
     assert {c.id for c in Registry.from_entry_points().cards()} == SEEDS
     monkeypatch.setenv("MODELDECK_PLUGINS", "modeldeck,no-such-plugin")

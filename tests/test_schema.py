@@ -30,12 +30,15 @@ def line_of(path: Path, needle: str) -> int:
 
 
 def test_every_first_party_card_validates():
-    ids = {load_card_file(p).id for p in sorted((REPO / "cards").glob("*.yaml"))}
-    assert ids == {"astrid-1b", "pythia-1.4b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
+    # *.suite.yaml is not a card but a table and a template (the Pythia plugin's 16 cards: tests/test_pythia_suite.py)
+    files = [p for p in sorted((REPO / "cards").glob("*.yaml")) if not p.name.endswith(".suite.yaml")]
+    ids = {load_card_file(p).id for p in files}
+    assert ids == {"astrid-1b", "h2ogpt-oig-oasst1-falcon-40b", "aira-2-1b1", "gpt-jx-3b", "tiny-neox"}
+    assert [p.name for p in sorted((REPO / "cards").glob("*.suite.yaml"))] == ["pythia.suite.yaml"]
 
 
-def test_pythia_lists_its_154_revisions():
-    source = load_card_file(REPO / "cards" / "pythia-1.4b.yaml").source
+def test_pythia_lists_its_154_revisions(card_data):
+    source = Card.model_validate(card_data("pythia-1.4b")).source
     expected = ["step0", *(f"step{2**i}" for i in range(10)), *(f"step{k * 1000}" for k in range(1, 144))]
     assert source.revisions == expected and len(expected) == 154
     assert source.revision_aliases == {"main": "step143000"}
