@@ -93,12 +93,21 @@ def prompt(name: str, text: str | None, system: str | None, messages: str | None
     type=click.Path(exists=True, path_type=Path),
     help="A folder with tokenizer.json: check ids, markers and stop strings against it.",
 )
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A checkpoint folder: check its tensors (safetensors headers only) and config.json against the card.",
+)
 @report_errors
-def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None) -> None:
+def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None, weights: Path | None) -> None:
     """Validate the installed cards, or the given card files (or card ids).
 
+    With --weights DIR (one card): every tensor the card implies is in the checkpoint with the shape its
+    architecture implies, nothing unexpected, the parameter count, and config.json; no weights are read.
     Exit code 0 when every card is valid (warnings allowed), 1 otherwise.
     """
+    if weights is not None and len(cards) != 1:
+        raise click.UsageError("--weights checks one card against one checkpoint: give the card's id or file")
     reg = registry.default()
     checked: list[str] = []
     found: list[Diagnostic] = []
@@ -116,6 +125,8 @@ def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None) -> None:
         found += check_card(card, where)
         if tokenizer is not None:
             found += check_tokenizer(card, tokenizer, where)
+        if weights is not None:
+            found += cli_checkpoint.weights_diagnostics(reg, card, weights)
     errors = sum(d.severity == "error" for d in found)
     if fmt == "json":
         report = {"ok": errors == 0, "cards": checked, "diagnostics": [d.to_json() for d in found]}
