@@ -81,9 +81,20 @@ class Links(_Strict):
 class PinnedFile(_Strict):
     """A file of the weights repository with its expected content, for offline verification."""
 
-    path: str
+    path: str = Field(description="Path inside the checkpoint folder, with / separators (e.g. model.safetensors).")
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     size: NonNegativeInt
+
+    @field_validator("path")
+    @classmethod
+    def _path_stays_inside(cls, value: str) -> str:
+        parts = value.split("/")
+        if not value or value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(
+                f"pinned path {value!r} must be relative to the checkpoint folder, with / separators and no "
+                "empty, '.' or '..' parts (e.g. model.safetensors)"
+            )
+        return value
 
 
 class Source(_Strict):
@@ -109,6 +120,10 @@ class Source(_Strict):
 
     @model_validator(mode="after")
     def _revisions_are_consistent(self) -> Source:
+        paths = [f.path for f in self.files]
+        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        if repeated:
+            raise ValueError(f"files pins {', '.join(repeated)} more than once; pin each file once")
         duplicates = sorted({r for r in self.revisions if self.revisions.count(r) > 1})
         if duplicates:
             raise ValueError(f"revisions lists {', '.join(duplicates)} more than once; list each revision once")

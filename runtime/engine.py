@@ -13,6 +13,7 @@ from modeldeck import registry
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.prompting import render_segments
 from modeldeck.registry.schema import Card
+from modeldeck.registry.weights import require_pins, require_verified
 from modeldeck.runtime.attention import choose_backend, get_backend
 from modeldeck.runtime.generate import Completion, GenerationError, Options, generate_tokens, resolve_options
 from modeldeck.runtime.loading import load_decoder
@@ -180,14 +181,23 @@ def load(
     dtype: str | torch.dtype | None = None,
     attention: str | None = None,
     allow_pickle: bool = False,
+    verify: bool = False,
 ) -> Model:
-    """A card (id, alias, hub repo, or Card) -> a Model with weights from `weights=DIR`, the package, or the hub."""
+    """A card (id, alias, hub repo, or Card) -> a Model with weights from `weights=DIR`, the package, or the hub.
+
+    `verify=True` checks every file the card pins (source.files: sha256 and size) before any weight is read, and
+    raises VerificationError naming each missing, wrong-size, wrong-hash or unpinned weight file (NoPinsError when
+    the card pins nothing for this revision)."""
     reg = registry.default()
     resolved = reg.get(card) if isinstance(card, str) else reg.resolve_card(card, f"card {card.id!r}")
     layout = reg.checkpoint_layouts()[resolved.architecture.checkpoint_layout]
     from modeldeck.runtime.hub import resolve_weights
 
+    if verify:
+        require_pins(resolved, revision)  # before any download: a card without pins cannot be verified
     directory = resolve_weights(resolved, weights=weights, revision=revision, allow_pickle=allow_pickle)
+    if verify:
+        require_verified(resolved, directory, revision)
     where = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = _choose_dtype(resolved, dtype, where)
     if chosen is not None:

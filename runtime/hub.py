@@ -2,17 +2,17 @@
 
 `resolve_weights` returns a local folder holding config.json, the weights and the tokenizer files. Downloads go
 through `huggingface_hub.snapshot_download`, restricted to the files the card needs, so `HF_HOME`, `HF_HUB_CACHE`,
-`HF_HUB_OFFLINE=1` and `HF_TOKEN` behave as they do everywhere else in the Hugging Face stack. Every failure is a
-`ModeldeckError` that says what is missing and what to do. No torch here.
+`HF_HUB_OFFLINE=1` and `HF_TOKEN` behave as they do everywhere else in the Hugging Face stack. Progress bars and
+resuming are huggingface_hub's too: a dropped connection is resumed mid-file with an HTTP Range request, and a rerun
+keeps the files already cached. `modeldeck download` and `runtime.load` both come here.
+Which files a card needs, its revisions and its pins live in the torch-free `modeldeck.registry.weights`. Every
+failure is a `ModeldeckError` that says what is missing and what to do. No torch here.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import importlib.resources
 import os
-import re
 from pathlib import Path
 
 from huggingface_hub import constants, snapshot_download
@@ -29,20 +29,30 @@ from huggingface_hub.utils.tqdm import are_progress_bars_disabled, disable_progr
 
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import Card
+from modeldeck.registry.weights import (
+    CONFIGS,
+    PICKLE,
+    SAFETENSORS,
+    UnknownRevisionError,
+    WeightsNotFoundError,
+    bundled_folder,
+    check_revision,
+    needed_patterns,
+    weights_folder,
+)
 
-__all__ = ["HubError", "PickleRefusedError", "UnknownRevisionError", "WeightsNotFoundError", "resolve_weights"]
-
-SAFETENSORS = ["*.safetensors", "model.safetensors.index.json"]
-PICKLE = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-CONFIGS = ["config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json"]
-
-
-class WeightsNotFoundError(ModeldeckError, FileNotFoundError):
-    """No usable checkpoint folder: a missing path, a cache miss, or a folder without config.json or weights."""
-
-
-class UnknownRevisionError(ModeldeckError, ValueError):
-    """A revision the card does not list."""
+__all__ = [
+    "CONFIGS",
+    "PICKLE",
+    "SAFETENSORS",
+    "HubError",
+    "PickleRefusedError",
+    "UnknownRevisionError",
+    "WeightsNotFoundError",
+    "download_plan",
+    "pickle_refusal",
+    "resolve_weights",
+]
 
 
 class PickleRefusedError(ModeldeckError):
@@ -60,99 +70,75 @@ def resolve_weights(
     revision: str | None = None,
     allow_pickle: bool = False,
     progress: bool = True,
+    force_download: bool = False,
 ) -> Path:
     """The local folder holding the card's checkpoint (config.json, *.safetensors, tokenizer files).
 
     `weights=DIR` is used as-is; a card with `source.bundled` uses the folder inside that package; otherwise the
-    card's hub repository is downloaded into (or found in) the Hugging Face cache. Only `weights=` and bundled
+    card's hub repository is downloaded into (or found in) the Hugging Face cache: only the files the card needs
+    (`registry.weights.needed_patterns`), pickles only with `allow_pickle`. huggingface_hub skips files already
+    cached (`force_download=True` fetches them again) and resumes a dropped connection mid-file. Only `weights=` and bundled
     folders avoid the hub entirely; `HF_HUB_OFFLINE=1` makes the hub path use the cache only.
     """
     if weights is not None:
-        folder = Path(weights).expanduser().resolve()
-        if not folder.is_dir():
-            what = "is not a directory" if folder.exists() else "does not exist"
-            raise WeightsNotFoundError(
-                f"weights folder {folder} {what}; pass weights= a folder holding config.json and the "
-                f"{card.id} checkpoint, or leave weights unset to use {card.source.repo} from the Hugging Face hub"
-            )
+        folder = weights_folder(card, weights)
         return _check_folder(folder, card, allow_pickle, f"weights folder {folder}")
     if card.source.bundled:
-        return _check_folder(_bundled_folder(card), card, allow_pickle, f"bundled weights {card.source.bundled}")
-    revision = _check_revision(card, revision or card.source.revision)
-    patterns = [*SAFETENSORS, *CONFIGS, *card.tokenizer.files]
-    if card.source.format == "pytorch":
-        if not allow_pickle:
-            raise PickleRefusedError(
-                f"{card.source.repo} (card {card.id}) only ships pickle checkpoints (pytorch_model.bin); loading a "
-                "pickle can execute arbitrary code. Pass allow_pickle=True (--allow-pickle) if you trust the "
-                f"repository, or run `modeldeck convert {card.id}` once to convert it to safetensors and load that "
-                "with weights=DIR"
-            )
-        patterns += PICKLE
-    folder = _download(card, revision, patterns, progress)
+        return _check_folder(bundled_folder(card), card, allow_pickle, f"bundled weights {card.source.bundled}")
+    revision, patterns = download_plan(card, revision, allow_pickle)
+    folder = _download(card, revision, patterns, progress, force_download)
     return _check_folder(folder, card, allow_pickle, f"{card.source.repo}@{revision} ({folder})")
 
 
-def _bundled_folder(card: Card) -> Path:
-    package, _, relative = (card.source.bundled or "").partition(":")
-    try:
-        root = importlib.resources.files(package)
-    except (ModuleNotFoundError, TypeError) as error:  # TypeError: a module, not a package (Python 3.10, 3.11)
-        raise WeightsNotFoundError(
-            f"card {card.id} bundles its weights in package {package!r}, which is not installed ({error}); "
-            "install the plugin that provides it, or pass weights=DIR"
-        ) from error
-    folder = root.joinpath(*relative.split("/"))
-    if not isinstance(folder, Path) or not folder.is_dir():
-        raise WeightsNotFoundError(
-            f"card {card.id} bundles its weights in {card.source.bundled}, but {folder} is not a folder on disk; "
-            f"reinstall the package {package!r} (a zipped install cannot be loaded), or pass weights=DIR"
+def download_plan(card: Card, revision: str | None = None, allow_pickle: bool = False) -> tuple[str, list[str]]:
+    """The revision and the file patterns a hub download of the card asks for; UnknownRevisionError for a revision
+    the card does not list, PickleRefusedError for a pickle-only card without allow_pickle. No hub call."""
+    revision = check_revision(card, revision or card.source.revision)
+    if card.source.format == "pytorch" and not allow_pickle:
+        raise PickleRefusedError(
+            f"{card.source.repo} (card {card.id}) only ships pickle checkpoints (pytorch_model.bin); "
+            + pickle_refusal(card.id, None, revision)
         )
-    return folder.resolve()
+    return revision, needed_patterns(card, allow_pickle)
 
 
-def _check_revision(card: Card, revision: str) -> str:
-    source = card.source
-    if not source.revisions or revision in {source.revision, *source.revisions, *source.revision_aliases}:
-        return revision
-    listed = [source.revision, *source.revision_aliases, *source.revisions]
-    nearest = _nearest_steps(revision, source.revisions)
-    nearest += [r for r in difflib.get_close_matches(revision, listed, n=5, cutoff=0.6) if r not in nearest]
-    hint = f"nearest listed: {', '.join(nearest[:5])}" if nearest else f"listed: {', '.join(listed[:8])} ..."
-    raise UnknownRevisionError(
-        f"card {card.id} lists no revision {revision!r} of {source.repo} ({hint}); the card lists "
-        f"{len(source.revisions)} revisions, see `modeldeck show {card.id}`"
+def pickle_refusal(card_id: str | None, folder: Path | None, revision: str | None = None) -> str:
+    """Why a pickle is refused and the two ways forward: opt in, or convert once to safetensors."""
+    reason = (
+        "loading a pickle can execute arbitrary code (torch.load unpickles Python objects, and a crafted file runs "
+        "code as it is read). Pass allow_pickle=True (--allow-pickle) if you trust it, or convert it once to "
+        "safetensors, which holds nothing but tensors: "
+    )
+    if folder is not None:
+        return reason + f"`modeldeck convert {folder} --allow-pickle --out OUT`, then load OUT with weights=OUT"
+    rev = f" --revision {revision}" if revision else ""
+    return reason + (
+        f"`modeldeck download {card_id}{rev} --allow-pickle` (downloading runs nothing), then "
+        "`modeldeck convert DIR --allow-pickle --out OUT` on the folder it prints, and load OUT with weights=OUT"
     )
 
 
-def _nearest_steps(revision: str, revisions: list[str]) -> list[str]:
-    """For `stepN`: the listed `stepM` revisions with M numerically closest to N, nearest first."""
-    wanted = re.fullmatch(r"step(\d+)", revision)
-    if wanted is None:
-        return []
-    target = int(wanted.group(1))
-    steps = [(int(m.group(1)), r) for r in revisions if (m := re.fullmatch(r"step(\d+)", r))]
-    return [r for _, r in sorted(steps, key=lambda s: (abs(s[0] - target), s[0]))[:3]]
-
-
-def _download(card: Card, revision: str, patterns: list[str], progress: bool) -> Path:
+def _download(card: Card, revision: str, patterns: list[str], progress: bool, force_download: bool = False) -> Path:
     repo, where = card.source.repo, f"{card.source.repo}@{revision}"
     silence = not progress and not are_progress_bars_disabled()
     if silence:
         disable_progress_bars()
     try:
-        return Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns))
+        return Path(
+            snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns, force_download=force_download)
+        )
     except IncompleteSnapshotError as error:
         raise WeightsNotFoundError(
             f"the cached snapshot of {where} in {constants.HF_HUB_CACHE} is incomplete and the hub cannot be "
-            f"reached: {error}; download it again with network access, or pass weights=DIR"
+            f"reached: {error}; download it again with network access (`modeldeck download {card.id} --revision "
+            f"{revision}`), or pass weights=DIR"
         ) from error
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
         if constants.HF_HUB_OFFLINE:
             raise WeightsNotFoundError(
                 f"{where} (card {card.id}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and offline "
-                "mode is on (HF_HUB_OFFLINE=1); download it first (unset HF_HUB_OFFLINE, or run "
-                f"`hf download {repo} --revision {revision}`), point HF_HOME/HF_HUB_CACHE at a cache that has it, "
+                f"mode is on (HF_HUB_OFFLINE=1); download it first (`modeldeck download {card.id} --revision "
+                f"{revision}` with HF_HUB_OFFLINE unset), point HF_HOME/HF_HUB_CACHE at a cache that has it, "
                 "or pass weights=DIR"
             ) from error
         raise HubError(
@@ -212,9 +198,7 @@ def _check_folder(folder: Path, card: Card, allow_pickle: bool, what: str) -> Pa
         return folder
     if pickles:
         raise PickleRefusedError(
-            f"{what} holds only pickle checkpoints ({', '.join(pickles)}); loading a pickle can execute arbitrary "
-            f"code. Pass allow_pickle=True if you trust them, or run `modeldeck convert {card.id}` to convert "
-            "them to safetensors"
+            f"{what} holds only pickle checkpoints ({', '.join(pickles)}); " + pickle_refusal(card.id, folder)
         )
     raise WeightsNotFoundError(
         f"{what} has no weights file (*.safetensors{', pytorch_model*.bin' if allow_pickle else ''}); it holds: "

@@ -141,8 +141,8 @@ def test_offline_cache_miss_says_what_and_where(hf_home: Path) -> None:
         resolve_weights(card, revision="step4000")
     assert str(info.value) == (
         f"EleutherAI/pythia-1.4b@step4000 (card pythia-1.4b) is not in the Hugging Face cache ({hf_home / 'hub'}) "
-        "and offline mode is on (HF_HUB_OFFLINE=1); download it first (unset HF_HUB_OFFLINE, or run "
-        "`hf download EleutherAI/pythia-1.4b --revision step4000`), point HF_HOME/HF_HUB_CACHE at a cache that "
+        "and offline mode is on (HF_HUB_OFFLINE=1); download it first (`modeldeck download pythia-1.4b "
+        "--revision step4000` with HF_HUB_OFFLINE unset), point HF_HOME/HF_HUB_CACHE at a cache that "
         "has it, or pass weights=DIR"
     )
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ModeldeckError)
@@ -224,8 +224,9 @@ def test_pickle_checkpoint_is_refused_without_opt_in() -> None:
     message = str(info.value)
     assert "PAIXAI/Astrid-1B (card astrid-1b) only ships pickle checkpoints" in message
     assert "can execute arbitrary code" in message
-    assert "allow_pickle=True" in message and "modeldeck convert astrid-1b" in message
-    assert "safetensors" in message
+    assert "allow_pickle=True" in message and "safetensors" in message
+    assert "`modeldeck download astrid-1b --revision main --allow-pickle`" in message
+    assert "`modeldeck convert DIR --allow-pickle --out OUT`" in message
 
 
 # --- weights=DIR -----------------------------------------------------------------------------------
