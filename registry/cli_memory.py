@@ -2,8 +2,143 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import click
+
+from modeldeck.registry import memory
+from modeldeck.registry.cli_common import load_registry, out, report_errors
 
 __all__ = ["COMMANDS"]
 
-COMMANDS: list[click.Command] = []
+_DTYPES = click.Choice(list(memory.DTYPE_BYTES))
+
+
+def _size(n: int) -> str:
+    """Decimal units, as device memory is quoted: 82.61 GB, 7.6 MB."""
+    for unit, scale, digits in (("GB", 10**9, 2), ("MB", 10**6, 1), ("kB", 10**3, 1)):
+        if n >= scale:
+            return f"{n / scale:,.{digits}f} {unit}"
+    return f"{n} bytes"
+
+
+@click.command("memory")
+@click.argument("name")
+@click.option(
+    "--dtype", type=_DTYPES, help="Weight dtype (default: the runtime's: float32 on cpu, the card's on cuda)."
+)
+@click.option("--context", type=int, help="Tokens per sequence, prompt + new tokens (default: the card's context).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Sequences generated together.")
+@click.option("--new-tokens", type=int, help="New tokens per sequence (default: the card's max_new_tokens).")
+@click.option("--device-memory", type=float, help="Memory of one device in GB (10^9 bytes): what fits, or a split.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    help="Where the model runs (default: cuda with --device-memory, else cpu).",
+)
+@click.option(
+    "--attention",
+    type=click.Choice(["auto", "sdpa", "eager", "xformers"]),
+    default="auto",
+    show_default=True,
+    help="Attention backend (auto: xformers for float16/bfloat16 on cuda, else sdpa).",
+)
+@click.option(
+    "--checkpoint-dtype",
+    type=_DTYPES,
+    help="Dtype the weights are stored in (default: the card's dtype; auto: --dtype).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@report_errors
+def memory_command(
+    name: str,
+    dtype: str | None,
+    context: int | None,
+    batch: int,
+    new_tokens: int | None,
+    device_memory: float | None,
+    device: str | None,
+    attention: str,
+    checkpoint_dtype: str | None,
+    as_json: bool,
+) -> None:
+    """Plan the memory of one generation with card NAME: weights, KV cache, activation peak and total.
+
+    With --device-memory: the largest context and batch that fit, or for a model that fits no single device,
+    a pipeline split over several. Estimates model modeldeck's runtime (see registry/memory.py); not included:
+    the process itself (Python, torch, the CUDA context) and allocator fragmentation.
+    """
+    reg = load_registry(quiet_problems=True)
+    card = reg.get(name)
+    if device_memory is not None and not device_memory > 0:
+        raise memory.MemoryPlanError(f"--device-memory must be a positive number of GB, got {device_memory:g}")
+    options: dict[str, Any] = {
+        "dtype": dtype,
+        "batch": batch,
+        "context": context,
+        "new_tokens": new_tokens,
+        "device": device or ("cuda" if device_memory is not None else "cpu"),
+        "attention": attention,
+        "checkpoint_dtype": checkpoint_dtype,
+        "layout": reg.checkpoint_layouts().get(card.architecture.checkpoint_layout),
+    }
+    plan = memory.estimate(card, **options)
+    report: dict[str, Any] = plan.to_json()
+    if device_memory is not None:
+        limit = int(device_memory * memory.GB)
+        report["device_memory"] = limit
+        report["fits"] = plan.total <= limit
+        report["largest_context"] = memory.largest_context(card, limit, **options)
+        report["largest_batch"] = memory.largest_batch(card, limit, **options)
+        gpu = plan.scenario.device == "cuda"
+        split = memory.pipeline_split(card, plan, limit) if gpu and plan.total > limit else None
+        report["split"] = split.to_json() if split else None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print(plan, report)
+
+
+def _print(plan: memory.Estimate, report: dict[str, Any]) -> None:
+    s = plan.scenario
+    lines = [
+        f"{plan.card}: {s.dtype} on {s.device}, attention {s.attention}; batch {s.batch}, context {s.context:,} "
+        f"= prompt {s.prompt:,} + {s.new_tokens:,} new tokens",
+    ]
+    for term in (plan.weights, plan.mapped, plan.kv_cache, plan.activations):
+        lines.append(f"{term.name:<12} {_size(term.bytes):>12}  {term.formula}")
+        lines.append(f"{'':<12} {'':>12}  ({term.source})")
+    lines.append(
+        f"{'total':<12} {_size(plan.total):>12}  max(running {_size(plan.running)}: weights + mapped file + KV cache + "
+        f"activations; loading {_size(plan.loading.bytes)}: {plan.loading.formula})"
+    )
+    if "device_memory" in report:
+        limit = report["device_memory"]
+        lines.append("")
+        lines.append(f"device memory {_size(limit)}: {'fits' if report['fits'] else 'does not fit'}")
+        context, batch = report["largest_context"], report["largest_batch"]
+        none = (
+            f"none fits (the weights alone are {_size(plan.weights.bytes)})"
+            if plan.weights.bytes > limit
+            else "none fits"
+        )
+        lines.append(f"largest context at batch {s.batch}: {f'{context:,}' if context else none}")
+        lines.append(f"largest batch at context {s.context:,}: {f'{batch:,}' if batch else none}")
+        split = report["split"]
+        if not report["fits"] and split:
+            lines.append(
+                f"split over {split['gpus']} GPUs of {_size(limit)}, consecutive layers per GPU "
+                "(a plan for a pipeline runner: modeldeck's runtime runs on one device):"
+            )
+            for stage in split["stages"]:
+                holds = f" + {', '.join(stage['holds'])}" if stage["holds"] else ""
+                layers = f"layers {stage['first_layer']}-{stage['last_layer']}"
+                lines.append(f"  gpu {stage['gpu']}  {_size(stage['bytes']):>12}  {layers}{holds}")
+        elif not report["fits"] and s.device == "cuda":
+            lines.append("no split by layers fits: one layer with its activations needs more than one GPU")
+    for line in lines:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+COMMANDS: list[click.Command] = [memory_command]

@@ -18,6 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.memory import ATTENTION_BUDGET  # shared with the memory planner: one value for both
 from modeldeck.registry.schema import GenerationDefaults
 from modeldeck.runtime.attention import Backend
 from modeldeck.runtime.model import Decoder, KVCache
@@ -134,11 +135,6 @@ def sample(scores: torch.Tensor, do_sample: bool, generator: torch.Generator | N
 
 
 # --- the loop ------------------------------------------------------------------------------------
-
-
-ATTENTION_BUDGET = 256 * 2**20
-"""Bytes one layer's attention scores (fp32 [B, H, T, S]) may take during prefill; longer prompts are prefilled in
-chunks of queries against the growing cache, so no forward pass builds an O(N^2 * heads) score or bias tensor."""
 
 
 def prefill_chunk(heads: int, batch: int, keys: int, budget: int = ATTENTION_BUDGET) -> int:
