@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from modeldeck import registry
-from modeldeck.registry import cli_checkpoint, cli_hub, cli_memory, display
+from modeldeck.registry import cli_checkpoint, cli_hub, cli_memory, cli_serve, display
 from modeldeck.registry.cardfile import load_card_file
 from modeldeck.registry.catalog import Registry
 from modeldeck.registry.checks import check_card, check_tokenizer
@@ -295,7 +295,7 @@ def plugins(as_json: bool) -> None:
 
 
 # Commands that live in their own modules (each lists its click commands in COMMANDS).
-for _module in (cli_checkpoint, cli_hub, cli_memory):
+for _module in (cli_checkpoint, cli_hub, cli_memory, cli_serve):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 
