@@ -178,6 +178,15 @@ def decode_one_token(decoder: Decoder, tokens: torch.Tensor, cache: KVCache, bac
     return logits
 
 
+def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse a prompt that leaves no room for max_new_tokens in the context."""
+    if prompt_tokens + max_new_tokens > context_length:
+        raise GenerationError(
+            f"a prompt of {prompt_tokens} tokens plus max_new_tokens={max_new_tokens} exceeds the context length "
+            f"{context_length}; lower max_new_tokens to at most {max(context_length - prompt_tokens, 0)} or shorten the prompt"
+        )
+
+
 @dataclass
 class _Sequence:
     prompt: list[int]
@@ -204,11 +213,7 @@ def generate_tokens(
     arch = decoder.arch
     longest = max(map(len, prompts))
     capacity = longest + opts.max_new_tokens
-    if capacity > arch.context_length:
-        raise GenerationError(
-            f"a prompt of {longest} tokens plus max_new_tokens={opts.max_new_tokens} exceeds the context length "
-            f"{arch.context_length}; lower max_new_tokens to at most {max(arch.context_length - longest, 0)} or shorten the prompt"
-        )
+    check_fits(arch.context_length, longest, opts.max_new_tokens)
     device = next(decoder.parameters()).device
     dtype = next(decoder.parameters()).dtype
     generator = None

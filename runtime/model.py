@@ -68,6 +68,22 @@ class KVCache:
         """Keys and values of the first `used` cache positions: [B, used, KV, D] each."""
         return self.k[layer, :, :used], self.v[layer, :, :used]
 
+    def rows(self, first: int, stop: int) -> KVCache:
+        """Sequences first .. stop - 1 as a cache of their own that shares this one's memory (writes land here).
+
+        Its `lengths` starts as a view too, but prefill and decoding replace it: copy it back afterwards."""
+        part = KVCache.__new__(KVCache)
+        part.k, part.v = self.k[:, first:stop], self.v[:, first:stop]  # [layers, stop - first, S, KV, D], views
+        part.lengths = self.lengths[first:stop]
+        return part
+
+    def move_row(self, source: int, target: int) -> None:
+        """Copy sequence `source` (its filled positions and length) into row `target`."""
+        length = int(self.lengths[source])
+        self.k[:, target, :length] = self.k[:, source, :length]  # [layers, length, KV, D]
+        self.v[:, target, :length] = self.v[:, source, :length]
+        self.lengths[target] = length
+
 
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
