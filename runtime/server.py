@@ -1,0 +1,457 @@
+"""An OpenAI-compatible HTTP server over one continuous-batching engine: `modeldeck serve`.
+
+    POST /v1/completions, /v1/chat/completions ─► encode (card's prompt format) ─► ContinuousBatcher.submit (n tickets)
+        ◄── JSON, or server-sent events (`data: {chunk}` ... `data: [DONE]`) from the tickets' token events
+    GET /v1/models, /v1/models/{id}, /health (ok + engine and server counters)
+
+Requests are read and mapped to generation options in runtime/openai_api.py. A request's tickets are cancelled
+(their batch rows freed) whenever its response ends early: a client that disconnects from a stream (Starlette
+cancels the response) or from a non-streamed request (polled), or a task cancelled at shutdown. Shutdown: stop
+admitting (503), let uvicorn wait for in-flight responses, then drain and join the batcher thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.prompting import PromptError
+from modeldeck.runtime.batching import ContinuousBatcher, EngineStoppedError, QueueFullError, Ticket, TokenEvent
+from modeldeck.runtime.engine import Model
+from modeldeck.runtime.openai_api import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    chat_messages,
+    generation_error,
+    generation_options,
+    parse_request,
+    refuse_unsupported,
+)
+
+__all__ = ["APIError", "create_app", "serve"]
+
+log = logging.getLogger("modeldeck.server")
+FINISH = {"stop": "stop", "eos": "stop", "length": "length"}  # engine -> OpenAI finish_reason
+
+
+# --- the service -----------------------------------------------------------------------------------
+
+
+class Service:
+    """One model, one batcher; turns requests into tickets and tickets into OpenAI responses."""
+
+    def __init__(self, model: Model, batcher: ContinuousBatcher, served_name: str | None):
+        self.model, self.batcher = model, batcher
+        card = model.card
+        self.id = served_name or card.id
+        self.names = {n.lower() for n in (card.id, *card.aliases, card.source.repo, self.id) if n}
+        self.stopping = False
+        self.counters = {"requests": 0, "disconnected": 0, "rejected_queue_full": 0}
+
+    def check_model(self, name: str) -> None:
+        if name.lower() not in self.names:
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist; this server serves '{self.id}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    def prompts(self, req: CompletionRequest | ChatRequest) -> list[list[int]]:
+        try:
+            if isinstance(req, ChatRequest):
+                return [self.model.encode(chat_messages(req.messages))]
+            p = req.prompt
+            if isinstance(p, list) and p and isinstance(p[0], int):
+                p = [p]
+            texts: list[Any] = [p] if isinstance(p, str) else list(p)
+            if not texts:
+                raise APIError(400, "'prompt' is an empty list", param="prompt")
+            vocab = self.model.card.architecture.vocab_size
+            if any(isinstance(t, list) and any(not 0 <= i < vocab for i in t) for t in texts):
+                raise APIError(
+                    400, f"a token id in 'prompt' is outside the vocabulary (0..{vocab - 1})", param="prompt"
+                )
+            return [t if isinstance(t, list) else self.model.encode(t, raw=req.raw) for t in texts]
+        except PromptError as exc:
+            raise APIError(400, str(exc), param="messages" if isinstance(req, ChatRequest) else "prompt") from None
+
+    def submit(self, req: CompletionRequest | ChatRequest) -> tuple[list[Ticket], int]:
+        """n tickets per prompt (choice index = prompt * n + i) and the prompt tokens; all or none are queued."""
+        if self.stopping:
+            raise APIError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+        self.check_model(req.model)
+        refuse_unsupported(req)
+        prompts = self.prompts(req)
+        jobs = []
+        for ids in prompts:
+            opts = generation_options(self.model.card, req, len(ids))
+            for i in range(req.n):
+                jobs.append((ids, opts if req.seed is None else {**opts, "seed": req.seed + i}))
+        tickets: list[Ticket] = []
+        queued = False
+        try:
+            for ids, opts in jobs:
+                tickets.append(self.batcher.submit(ids, opts))
+            queued = True
+        except ModeldeckError as exc:
+            raise self._engine_error(exc) from None
+        finally:
+            if not queued:
+                for t in tickets:
+                    t.cancel()
+        self.counters["requests"] += 1
+        return tickets, sum(map(len, prompts))
+
+    def _engine_error(self, exc: ModeldeckError) -> APIError:
+        if isinstance(exc, QueueFullError):
+            self.counters["rejected_queue_full"] += 1
+            return APIError(429, f"the server is busy: {exc}", kind="rate_limit_error", code="queue_full")
+        if isinstance(exc, EngineStoppedError):
+            return APIError(503, f"the server takes no requests now: {exc}", kind="server_error", code="shutting_down")
+        return generation_error(str(exc))
+
+
+async def _events(ticket: Ticket) -> AsyncIterator[TokenEvent]:
+    stream: Any = ticket.aevents()
+    if inspect.isawaitable(stream):
+        stream = await stream
+    async for event in stream:
+        yield event
+
+
+async def _merged(tickets: list[Ticket]) -> AsyncIterator[tuple[int, TokenEvent]]:
+    """(choice index, event) from every ticket as they come; each ticket ends with an event with finish_reason."""
+    queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, ticket: Ticket) -> None:
+        try:
+            async for event in _events(ticket):
+                await queue.put((index, event))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            await queue.put((index, exc))
+        await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, t)) for i, t in enumerate(tickets)]
+    try:
+        open_tickets = len(tickets)
+        while open_tickets:
+            index, item = await queue.get()
+            if item is None:
+                open_tickets -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _failure(event: TokenEvent) -> APIError | None:
+    if event.finish_reason == "error":
+        return APIError(500, f"generation failed: {event.error}", kind="server_error", code="generation_error")
+    if event.finish_reason == "cancelled":
+        return APIError(
+            503, "the request was cancelled: the server is shutting down", kind="server_error", code="shutting_down"
+        )
+    return None
+
+
+class _Request:
+    """One request's tickets: cancelled when the response ends early (client gone, server cancelled the task)."""
+
+    def __init__(self, service: Service, tickets: list[Ticket], prompt_tokens: int, chat: bool, model: str):
+        self.service, self.tickets, self.prompt_tokens, self.chat = service, tickets, prompt_tokens, chat
+        self.finished: set[int] = set()
+        self.closed = False
+        self.completion_tokens = 0
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created, self.model = int(time.time()), model
+
+    def close(self, disconnected: bool = False) -> None:
+        """Cancel the tickets still running (a client that left: counted as disconnected)."""
+        if self.closed:
+            return
+        self.closed = True
+        unfinished = [t for i, t in enumerate(self.tickets) if i not in self.finished]
+        if unfinished and disconnected:
+            self.service.counters["disconnected"] += 1
+        for ticket in unfinished:
+            ticket.cancel()
+
+    def usage(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+
+    async def events(self) -> AsyncIterator[tuple[int, TokenEvent]]:
+        async with aclosing(_merged(self.tickets)) as merged:
+            async for index, event in merged:
+                if event.finish_reason is not None:
+                    failure = _failure(event)
+                    if failure:
+                        raise failure
+                    self.finished.add(index)
+                    self.completion_tokens += event.completion_tokens
+                yield index, event
+
+    async def collect(self, request: Request) -> dict[str, Any]:
+        watcher = asyncio.create_task(self._watch(request))
+        texts, finish = [""] * len(self.tickets), [""] * len(self.tickets)
+        try:
+            async for index, event in self.events():
+                texts[index] += event.text
+                if event.finish_reason:
+                    finish[index] = FINISH.get(event.finish_reason, event.finish_reason)
+        finally:
+            watcher.cancel()
+            self.close()
+        if self.chat:
+            choices = [
+                {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": f}
+                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+            ]
+        else:
+            choices = [
+                {"index": i, "text": t, "logprobs": None, "finish_reason": f}
+                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+            ]
+        kind = "chat.completion" if self.chat else "text_completion"
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }
+
+    async def _watch(self, request: Request) -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.2)
+        self.close(disconnected=True)
+
+    def _chunk(self, index: int, text: str | None, finish: str | None, usage: bool, role: bool = False) -> str:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+        if usage:
+            chunk["usage"] = None
+        return _sse(chunk)
+
+    async def sse(self, include_usage: bool) -> AsyncIterator[str]:
+        try:
+            if self.chat:
+                for index in range(len(self.tickets)):
+                    yield self._chunk(index, None, None, include_usage, role=True)
+            async for index, event in self.events():
+                if event.text:
+                    yield self._chunk(index, event.text, None, include_usage)
+                if event.finish_reason:
+                    yield self._chunk(index, None, FINISH.get(event.finish_reason), include_usage)
+            if include_usage:
+                kind = "chat.completion.chunk" if self.chat else "text_completion"
+                yield _sse(
+                    {
+                        "id": self.id,
+                        "object": kind,
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": self.usage(),
+                    }
+                )
+        except APIError as exc:
+            self.close()
+            yield _sse({"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}})
+        yield "data: [DONE]\n\n"
+
+
+def _error(exc: APIError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose tickets are cancelled however the response ends (client gone, task cancelled)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[bool], None]):
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close(True)
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+def create_app(
+    model: Model,
+    *,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    served_name: str | None = None,
+    drain_timeout: float = 30.0,
+) -> FastAPI:
+    """The app; its lifespan starts the batcher and, at shutdown, stops admitting and drains in-flight requests."""
+    batcher = ContinuousBatcher(model, max_batch=max_batch, max_queue=max_queue)
+    service = Service(model, batcher, served_name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            service.stopping = True
+            await asyncio.to_thread(batcher.stop, drain=True, timeout=drain_timeout)
+
+    app = FastAPI(title="modeldeck serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service, app.state.batcher = service, batcher
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(APIError(400, f"invalid request: {exc.errors()[0].get('msg')}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(APIError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}"))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error answering %s %s", request.method, request.url.path)
+        message = f"internal server error ({type(exc).__name__}); see the server log"
+        return _error(APIError(500, message, kind="server_error"))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        body: dict[str, Any] = {"status": "shutting_down" if service.stopping else "ok", "model": service.id}
+        body |= {"engine": batcher.stats, "server": dict(service.counters)}
+        return JSONResponse(body, status_code=503 if service.stopping else 200)
+
+    def model_entry() -> dict[str, Any]:
+        card = model.card
+        aliases = sorted({card.id, *card.aliases} - {service.id})
+        return {
+            "id": service.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": card.publisher,
+            "aliases": aliases,
+            "context_length": card.architecture.context_length,
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_entry()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def one_model(name: str) -> dict[str, Any]:
+        service.check_model(name)
+        return model_entry()
+
+    async def complete(request: Request, kind: type[CompletionRequest | ChatRequest]) -> Any:
+        try:
+            req = parse_request(kind, await request.body())
+            tickets, prompt_tokens = service.submit(req)
+            job = _Request(service, tickets, prompt_tokens, kind is ChatRequest, service.id)
+            if req.stream:
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                return EventStream(job.sse(include_usage), job.close)
+            return await job.collect(request)
+        except APIError:
+            raise
+        except ModeldeckError as exc:  # PromptError, GenerationError, ...: the request's fault
+            raise APIError(400, str(exc)) from None
+        except Exception:  # a bug: a clean 500, logged once here
+            log.exception("internal error answering %s %s", request.method, request.url.path)
+            raise APIError(500, "internal server error; see the server log", kind="server_error") from None
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await complete(request, CompletionRequest)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await complete(request, ChatRequest)
+
+    return app
+
+
+def make_server(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0, **config: Any
+) -> Any:
+    """A uvicorn.Server that stops admitting requests (503) as soon as shutdown begins, before it waits for the
+    in-flight ones (up to `shutdown_timeout` s; then they are cancelled) and runs the app's lifespan shutdown."""
+    import uvicorn
+
+    service: Service = app.state.service
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            service.stopping = True
+            await super().shutdown(sockets)
+
+    return Server(
+        uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=math.ceil(shutdown_timeout), **config)
+    )
+
+
+def serve(
+    model: Model,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    served_name: str | None = None,
+    shutdown_timeout: float = 30.0,
+    log_level: str = "info",
+) -> None:
+    """Serve `model` until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout` seconds to finish."""
+    app = create_app(
+        model, max_batch=max_batch, max_queue=max_queue, served_name=served_name, drain_timeout=shutdown_timeout
+    )
+    make_server(app, host, port, shutdown_timeout, log_level=log_level).run()
