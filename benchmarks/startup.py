@@ -35,7 +35,7 @@ def main() -> None:
     cases = [
         ("python -c pass (floor)", [py, "-c", "pass"]),
         ("import modeldeck.registry", [py, "-c", "import modeldeck.registry"]),
-        ("load all plugins + 5 cards", [py, "-c", "from modeldeck import registry; registry.cards()"]),
+        ("load all plugins + their cards (21)", [py, "-c", "from modeldeck import registry; registry.cards()"]),
         ("modeldeck list", [modeldeck, "list"]),
         ("modeldeck validate", [modeldeck, "validate"]),
         ("import transformers", [py, "-c", "import transformers"]),
