@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -228,3 +230,35 @@ def tiny_checkpoint(tmp_path_factory):
         return built[family]
 
     return build
+
+
+# --- shared helpers ------------------------------------------------------------------------------
+
+
+def edit_weights(directory: Path, change: Callable[[dict], None]) -> None:
+    """Rewrite a checkpoint's model.safetensors after `change` edits its tensors in place."""
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def edit_config(directory: Path, change: Callable[[dict], None]) -> None:
+    """Rewrite a checkpoint's config.json after `change` edits it in place."""
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    change(config)
+    path.write_text(json.dumps(config))
+
+
+def refuse_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any socket connection or name lookup in this process fail the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"test tried to reach the network: {args[1:] if args else kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: refuse(None, *args))

@@ -16,7 +16,7 @@ import yaml
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from modeldeck import registry, runtime  # noqa: E402
 from modeldeck.registry.checkpoint import (  # noqa: E402
@@ -32,7 +32,7 @@ from modeldeck.runtime.loading import load_decoder  # noqa: E402
 from modeldeck.runtime.model import Decoder  # noqa: E402
 
 from .btlm_reference import btlm_config, btlm_parameter_shapes, write_btlm_checkpoint  # noqa: E402
-from .conftest import TINY_FAMILIES, tiny_card_data  # noqa: E402
+from .conftest import TINY_FAMILIES, edit_config, edit_weights, tiny_card_data  # noqa: E402
 
 FAMILIES = ["gpt-neox", "falcon", "falcon-7b", "llama"]
 JX_TINY = {"layers": 2, "hidden_size": 64, "heads": 8, "kv_heads": 8, "ffn_size": 170, "context_length": 512}
@@ -44,20 +44,6 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 def copy(directory: Path, tmp_path: Path, name: str = "ckpt") -> Path:
     return Path(shutil.copytree(directory, tmp_path / name))
-
-
-def edit_weights(directory: Path, change) -> None:
-    path = directory / "model.safetensors"
-    tensors = load_file(path)
-    change(tensors)
-    save_file(tensors, path, metadata={"format": "pt"})
-
-
-def edit_config(directory: Path, change) -> None:
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    change(config)
-    path.write_text(json.dumps(config))
 
 
 def card_file(tmp_path: Path, seed: str, changes: dict, name: str = "card.yaml") -> Path:

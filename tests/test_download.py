@@ -31,12 +31,20 @@ from modeldeck.registry.cli import main
 from modeldeck.registry.weights import UnknownRevisionError
 from modeldeck.runtime import hub
 
+from .conftest import refuse_network
 from .test_hub import CHECKPOINT, add_to_cache, write_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_network(monkeypatch)
+
 
 COMMIT_MAIN, COMMIT_STEP3000 = "a" * 40, "b" * 40
 
 GUARD = """
 import os, socket
+
 
 def _refuse(*args, **kwargs):
     with open(os.environ["MODELDECK_TEST_NETLOG"], "a") as log:
@@ -48,16 +56,6 @@ socket.socket.connect_ex = _refuse
 socket.create_connection = _refuse
 socket.getaddrinfo = lambda *a, **k: _refuse(None, *a)
 """
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"test tried to reach the network: {args[1:] if args else kwargs}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: refuse(None, *args))
 
 
 @pytest.fixture

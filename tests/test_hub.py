@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,19 +34,17 @@ from modeldeck.runtime.hub import (
     resolve_weights,
 )
 
-PYTHIA = "pythia-1.4b"
-COMMIT_MAIN = "a" * 40
-COMMIT_STEP3000 = "b" * 40
+from .conftest import refuse_network
 
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError(f"test tried to reach the network: {args[1:] if args else kwargs}")
+    refuse_network(monkeypatch)
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: refuse(None, *args))
+
+PYTHIA = "pythia-1.4b"
+COMMIT_MAIN = "a" * 40
+COMMIT_STEP3000 = "b" * 40
 
 
 @pytest.fixture

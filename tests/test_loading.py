@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from modeldeck import registry, runtime  # noqa: E402
 from modeldeck.registry.diagnostics import ModeldeckError  # noqa: E402
@@ -18,27 +17,13 @@ from modeldeck.runtime.hub import PickleRefusedError  # noqa: E402
 from modeldeck.runtime.loading import CheckpointError  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
-from .conftest import TINY_FAMILIES, tiny_card_data  # noqa: E402
+from .conftest import TINY_FAMILIES, edit_config, edit_weights, tiny_card_data  # noqa: E402
 
 HINT = "check that these weights belong to card"
 
 
 def copy(ckpt, tmp_path: Path) -> Path:
     return Path(shutil.copytree(ckpt.directory, tmp_path / "ckpt"))
-
-
-def edit_weights(directory: Path, change) -> None:
-    path = directory / "model.safetensors"
-    tensors = load_file(path)
-    change(tensors)
-    save_file(tensors, path, metadata={"format": "pt"})
-
-
-def edit_config(directory: Path, change) -> None:
-    path = directory / "config.json"
-    config = json.loads(path.read_text())
-    change(config)
-    path.write_text(json.dumps(config))
 
 
 def card(family: str, **changes):
