@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -210,23 +211,27 @@ def tiny_checkpoint(tmp_path_factory):
     """tiny_checkpoint(family) -> TinyCheckpoint, built once per session with random weights."""
     built: dict[str, TinyCheckpoint] = {}
 
-    def build(family: str) -> TinyCheckpoint:
-        if family in built:
-            return built[family]
+    def build(family: str, tokenizer: bool = True) -> TinyCheckpoint:
+        """tokenizer=False: for tests of the decoder alone, which then also run without ../shared (the folder
+        has no tokenizer file; load it with `load_model`)."""
         torch = pytest.importorskip("torch")
         transformers = pytest.importorskip("transformers")
-        from modeldeck import registry
+        if family not in built:
+            from modeldeck import registry
 
-        seed, changes = TINY_FAMILIES[family]
-        card = registry.default().resolve_card(registry.card_from_data(tiny_card_data(seed, changes), family), family)
-        torch.manual_seed(sorted(TINY_FAMILIES).index(family))
-        model = transformers.AutoModelForCausalLM.from_config(hf_config(card), attn_implementation="eager").eval()
-        directory = tmp_path_factory.mktemp(f"tiny-{family}")
-        model.save_pretrained(directory)
-        if not (REFERENCE / "tokenizers").is_dir():
+            seed, changes = TINY_FAMILIES[family]
+            card = registry.default().resolve_card(
+                registry.card_from_data(tiny_card_data(seed, changes), family), family
+            )
+            torch.manual_seed(sorted(TINY_FAMILIES).index(family))
+            model = transformers.AutoModelForCausalLM.from_config(hf_config(card), attn_implementation="eager").eval()
+            directory = tmp_path_factory.mktemp(f"tiny-{family}")
+            model.save_pretrained(directory)
+            if (REFERENCE / "tokenizers").is_dir():
+                shutil.copy(REFERENCE / "tokenizers" / TOKENIZERS[seed], directory)
+            built[family] = TinyCheckpoint(directory, card, model)
+        if tokenizer and not (REFERENCE / "tokenizers").is_dir():
             pytest.skip(f"the real tokenizers are not at {REFERENCE / 'tokenizers'} (shared/ beside the clone)")
-        shutil.copy(REFERENCE / "tokenizers" / TOKENIZERS[seed], directory)
-        built[family] = TinyCheckpoint(directory, card, model)
         return built[family]
 
     return build
@@ -262,3 +267,19 @@ def refuse_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: refuse(None, *args))
+
+
+def load_model(card, directory: Path, with_tokenizer: bool, attention: str = "sdpa"):
+    """runtime.load (the whole path) when the checkpoint folder has its tokenizer; otherwise the same checkpoint
+    loading (runtime/loading.py) without one, with what decoder-only tests use: .card, .decoder, .backend, .dtype."""
+    import torch
+
+    from modeldeck import registry, runtime
+    from modeldeck.runtime.attention import get_backend
+    from modeldeck.runtime.loading import load_decoder
+
+    if with_tokenizer:
+        return runtime.load(card, weights=directory, device="cpu", attention=attention)
+    layout = registry.default().checkpoint_layouts()[card.architecture.checkpoint_layout]
+    decoder = load_decoder(card, layout, Path(directory), torch.float32, torch.device("cpu"))
+    return types.SimpleNamespace(card=card, decoder=decoder, backend=get_backend(attention), dtype=torch.float32)

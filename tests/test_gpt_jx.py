@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from modeldeck import registry, runtime  # noqa: E402
 from modeldeck.runtime.attention import get_backend  # noqa: E402
 from modeldeck.runtime.engine import _choose_dtype  # noqa: E402
 from modeldeck.runtime.generate import generate_tokens, prefill, prefill_chunk, resolve_options  # noqa: E402
-from modeldeck.runtime.loading import CheckpointError, load_decoder  # noqa: E402
+from modeldeck.runtime.loading import CheckpointError  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
 from .btlm_reference import (  # noqa: E402
@@ -31,7 +30,7 @@ from .btlm_reference import (  # noqa: E402
     write_btlm_checkpoint,
     write_sparse_btlm_checkpoint,
 )
-from .conftest import tiny_card_data  # noqa: E402
+from .conftest import load_model, tiny_card_data  # noqa: E402
 
 LENGTHS = [5, 11, 3]
 TINY = {"layers": 2, "hidden_size": 64, "heads": 8, "kv_heads": 8, "ffn_size": 170, "context_length": 512}
@@ -67,13 +66,8 @@ def jx(tmp_path_factory):
 
 
 def load(card, directory, attention: str = "sdpa"):
-    """runtime.load when the real GPT-2 tokenizer is beside the clone (the whole path); without it, the same
-    checkpoint loading (runtime/loading.py) with no tokenizer, so the numerics are tested either way."""
-    if GPT2_TOKENIZER.is_dir():
-        return runtime.load(card, weights=directory, device="cpu", attention=attention)
-    layout = registry.default().checkpoint_layouts()[card.architecture.checkpoint_layout]
-    decoder = load_decoder(card, layout, Path(directory), torch.float32, torch.device("cpu"))
-    return types.SimpleNamespace(decoder=decoder, backend=get_backend(attention), dtype=torch.float32)
+    """The whole runtime.load path when the real GPT-2 tokenizer is beside the clone; the decoder alone otherwise."""
+    return load_model(card, directory, with_tokenizer=GPT2_TOKENIZER.is_dir(), attention=attention)
 
 
 needs_gpt2_tokenizer = pytest.mark.skipif(

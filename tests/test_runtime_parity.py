@@ -7,12 +7,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from modeldeck import runtime  # noqa: E402
 from modeldeck.runtime.attention import get_backend  # noqa: E402
 from modeldeck.runtime.generate import generate_tokens, resolve_options  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
+from .conftest import REFERENCE, load_model  # noqa: E402
+
 FAMILIES = ["gpt-neox", "falcon", "falcon-7b", "llama"]
+TOKENIZERS_HERE = (REFERENCE / "tokenizers").is_dir()  # without them, the decoder is loaded without a tokenizer
 LENGTHS = [5, 11, 3]
 
 
@@ -32,8 +34,8 @@ def batch_logits(model, batch: list[list[int]], backend: str) -> torch.Tensor:
 
 @pytest.fixture(params=FAMILIES)
 def family(request, tiny_checkpoint):
-    ckpt = tiny_checkpoint(request.param)
-    return ckpt, runtime.load(ckpt.card, weights=ckpt.directory, device="cpu")
+    ckpt = tiny_checkpoint(request.param, tokenizer=False)  # logits and token ids only: no tokenizer needed
+    return ckpt, load_model(ckpt.card, ckpt.directory, with_tokenizer=TOKENIZERS_HERE)
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
@@ -121,8 +123,8 @@ def test_batched_generation_equals_one_prompt_at_a_time(family):
 
 def test_min_new_tokens_holds_back_a_likely_eos(tiny_checkpoint):
     """Make eos the most likely token everywhere: greedy stops at once, unless min_new_tokens forbids it."""
-    ckpt = tiny_checkpoint("gpt-neox")
-    model = runtime.load(ckpt.card, weights=ckpt.directory, device="cpu")
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
+    model = load_model(ckpt.card, ckpt.directory, with_tokenizer=TOKENIZERS_HERE)
     eos = ckpt.card.tokenizer.eos.id
     with torch.no_grad():
         model.decoder.lm_head.bias = torch.nn.Parameter(torch.zeros(ckpt.card.architecture.vocab_size))
