@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from modeldeck import registry, runtime  # noqa: E402
+from modeldeck import registry  # noqa: E402
 from modeldeck.registry.checkpoint import (  # noqa: E402
     CheckpointError,
     decoder_tensors,
@@ -32,7 +32,7 @@ from modeldeck.runtime.loading import load_decoder  # noqa: E402
 from modeldeck.runtime.model import Decoder  # noqa: E402
 
 from .btlm_reference import btlm_config, btlm_parameter_shapes, write_btlm_checkpoint  # noqa: E402
-from .conftest import TINY_FAMILIES, edit_config, edit_weights, tiny_card_data  # noqa: E402
+from .conftest import REFERENCE, TINY_FAMILIES, edit_config, edit_weights, load_model, tiny_card_data  # noqa: E402
 
 FAMILIES = ["gpt-neox", "falcon", "falcon-7b", "llama"]
 JX_TINY = {"layers": 2, "hidden_size": 64, "heads": 8, "kv_heads": 8, "ffn_size": 170, "context_length": 512}
@@ -87,7 +87,7 @@ def safetensors_listing(directory: Path) -> dict[str, tuple[str, list[int]]]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_inspect_json_lists_what_the_safetensors_library_reads(run_cli, tiny_checkpoint, family):
-    ckpt = tiny_checkpoint(family)
+    ckpt = tiny_checkpoint(family, tokenizer=False)
     result = run_cli("inspect", str(ckpt.directory), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -102,7 +102,7 @@ def test_inspect_json_lists_what_the_safetensors_library_reads(run_cli, tiny_che
 
 
 def test_inspect_table_shows_names_shapes_and_totals(run_cli, tiny_checkpoint):
-    ckpt = tiny_checkpoint("gpt-neox")
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
     result = run_cli("inspect", str(ckpt.directory))
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.startswith("gpt_neox.")}
@@ -115,7 +115,7 @@ def test_inspect_table_shows_names_shapes_and_totals(run_cli, tiny_checkpoint):
 
 
 def test_inspect_a_sharded_checkpoint(run_cli, tiny_checkpoint, tmp_path):
-    ckpt = tiny_checkpoint("gpt-neox")
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
     directory = tmp_path / "sharded"
     ckpt.reference.save_pretrained(directory, max_shard_size="200KB")
     weight_map = json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"]
@@ -138,7 +138,7 @@ def test_inspect_a_sharded_checkpoint(run_cli, tiny_checkpoint, tmp_path):
 
 
 def test_inspect_a_pickle_only_folder_says_it_cannot_and_what_to_do(run_cli, tiny_checkpoint, tmp_path):
-    directory = copy(tiny_checkpoint("gpt-neox").directory, tmp_path)
+    directory = copy(tiny_checkpoint("gpt-neox", tokenizer=False).directory, tmp_path)
     torch.save(load_file(directory / "model.safetensors"), directory / "pytorch_model.bin")
     (directory / "model.safetensors").unlink()
     for args in (("inspect", str(directory)), ("validate", "pythia-1.4b", "--weights", str(directory))):
@@ -151,7 +151,7 @@ def test_inspect_a_pickle_only_folder_says_it_cannot_and_what_to_do(run_cli, tin
 
 
 def test_inspect_a_truncated_file(run_cli, tiny_checkpoint, tmp_path):
-    directory = copy(tiny_checkpoint("gpt-neox").directory, tmp_path)
+    directory = copy(tiny_checkpoint("gpt-neox", tokenizer=False).directory, tmp_path)
     path = directory / "model.safetensors"
     size = path.stat().st_size
     with path.open("r+b") as f:
@@ -175,7 +175,7 @@ def test_inspect_a_truncated_file(run_cli, tiny_checkpoint, tmp_path):
     ],
 )  # fmt: skip
 def test_corrupt_headers_are_named(tiny_checkpoint, tmp_path, edit, reason):
-    source = tiny_checkpoint("gpt-neox").directory / "model.safetensors"
+    source = tiny_checkpoint("gpt-neox", tokenizer=False).directory / "model.safetensors"
     raw = source.read_bytes()
     path = tmp_path / "model.safetensors"
     path.write_bytes(edit(raw, int.from_bytes(raw[:8], "little")))
@@ -186,7 +186,7 @@ def test_corrupt_headers_are_named(tiny_checkpoint, tmp_path, edit, reason):
 
 
 def test_inspect_and_validate_never_import_torch(tiny_checkpoint, tmp_path):
-    ckpt = tiny_checkpoint("gpt-neox")
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
     card = family_card_file(tmp_path, "gpt-neox")
     script = textwrap.dedent(
         f"""
@@ -219,7 +219,7 @@ def test_inspect_and_validate_never_import_torch(tiny_checkpoint, tmp_path):
 
 
 def test_a_good_checkpoint_passes(run_cli, tiny_checkpoint, tmp_path):
-    ckpt = tiny_checkpoint("llama")
+    ckpt = tiny_checkpoint("llama", tokenizer=False)
     card = family_card_file(tmp_path, "llama")
     result = run_cli("validate", str(card), "--weights", str(ckpt.directory))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -231,12 +231,12 @@ def test_a_good_checkpoint_passes(run_cli, tiny_checkpoint, tmp_path):
 
 
 def test_weights_needs_exactly_one_card(run_cli, tiny_checkpoint):
-    result = run_cli("validate", "--weights", str(tiny_checkpoint("gpt-neox").directory))
+    result = run_cli("validate", "--weights", str(tiny_checkpoint("gpt-neox", tokenizer=False).directory))
     assert result.returncode == 2 and "--weights checks one card against one checkpoint" in result.stderr
 
 
 def test_a_missing_tensor_is_named_as_runtime_load_names_it(run_cli, tiny_checkpoint, tmp_path):
-    ckpt = tiny_checkpoint("gpt-neox")
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
     directory = copy(ckpt.directory, tmp_path)
     edit_weights(directory, lambda t: t.pop("gpt_neox.layers.1.mlp.dense_4h_to_h.weight"))
     card = family_card_file(tmp_path, "gpt-neox")
@@ -252,7 +252,7 @@ def test_a_missing_tensor_is_named_as_runtime_load_names_it(run_cli, tiny_checkp
 
 
 def test_an_extra_tensor_is_named(run_cli, tiny_checkpoint, tmp_path):
-    ckpt = tiny_checkpoint("falcon")
+    ckpt = tiny_checkpoint("falcon", tokenizer=False)
     directory = copy(ckpt.directory, tmp_path)
     edit_weights(directory, lambda t: t.update({"transformer.h.0.mlp.dense_h_to_4h.bias": torch.zeros(128)}))
     card = family_card_file(tmp_path, "falcon")
@@ -269,7 +269,7 @@ def test_an_extra_tensor_is_named(run_cli, tiny_checkpoint, tmp_path):
 
 
 def test_a_wrong_shape_names_the_tensor_and_the_card_field(run_cli, tiny_checkpoint, tmp_path):
-    ckpt = tiny_checkpoint("gpt-neox")
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
     card = family_card_file(tmp_path, "gpt-neox", ffn_size=256)
     result = run_cli("validate", str(card), "--weights", str(ckpt.directory))
     assert result.returncode == 1
@@ -297,7 +297,7 @@ def test_a_wrong_shape_names_the_tensor_and_the_card_field(run_cli, tiny_checkpo
     ],
 )  # fmt: skip
 def test_a_config_json_mismatch_is_named(run_cli, tiny_checkpoint, tmp_path, key, value, named):
-    directory = copy(tiny_checkpoint("gpt-neox").directory, tmp_path)
+    directory = copy(tiny_checkpoint("gpt-neox", tokenizer=False).directory, tmp_path)
     edit_config(directory, lambda c: c.update({key: value}))
     card = family_card_file(tmp_path, "gpt-neox")
     result = run_cli("validate", str(card), "--weights", str(directory), "--format", "json")
@@ -311,7 +311,7 @@ def test_a_config_json_mismatch_is_named(run_cli, tiny_checkpoint, tmp_path, key
 
 
 def test_a_truncated_file_fails_validate(run_cli, tiny_checkpoint, tmp_path):
-    directory = copy(tiny_checkpoint("gpt-neox").directory, tmp_path)
+    directory = copy(tiny_checkpoint("gpt-neox", tokenizer=False).directory, tmp_path)
     path = directory / "model.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     result = run_cli("validate", str(family_card_file(tmp_path, "gpt-neox")), "--weights", str(directory))
@@ -355,7 +355,7 @@ def test_btlm_transposed_weights_slopes_and_stored_extra(run_cli, tmp_path):
 def test_the_implied_tensors_are_the_checkpoints_and_the_decoders(tiny_checkpoint, family):
     """The registry's implied tensors = the tensors transformers wrote (an independent implementation of each
     layout), and its decoder tensors = the runtime Decoder's state_dict; the runtime loads exactly that plan."""
-    ckpt = tiny_checkpoint(family)
+    ckpt = tiny_checkpoint(family, tokenizer=False)
     arch = ckpt.card.architecture
     layout = registry.default().checkpoint_layouts()[arch.checkpoint_layout]
     headers = read_checkpoint(ckpt.directory).tensors
@@ -365,7 +365,7 @@ def test_the_implied_tensors_are_the_checkpoints_and_the_decoders(tiny_checkpoin
         decoder = Decoder(arch)
     assert decoder_tensors(arch) == {name: tuple(t.shape) for name, t in decoder.state_dict().items()}
     assert sum(t.numel for t in headers.values()) == count_parameters(arch).total
-    model = runtime.load(ckpt.card, weights=ckpt.directory, device="cpu")
+    model = load_model(ckpt.card, ckpt.directory, with_tokenizer=(REFERENCE / "tokenizers").is_dir())
     assert set(implied_plan(arch, layout)) == set(model.decoder.state_dict())
 
 
