@@ -283,3 +283,25 @@ def load_model(card, directory: Path, with_tokenizer: bool, attention: str = "sd
     layout = registry.default().checkpoint_layouts()[card.architecture.checkpoint_layout]
     decoder = load_decoder(card, layout, Path(directory), torch.float32, torch.device("cpu"))
     return types.SimpleNamespace(card=card, decoder=decoder, backend=get_backend(attention), dtype=torch.float32)
+
+
+def run_python_without(blocked: tuple[str, ...], body: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    """Run `body` in a fresh interpreter in which importing any of the `blocked` packages fails, then check that
+    none of them was imported after all (a torch-free promise, tested)."""
+    prelude = textwrap.dedent(
+        f"""
+        import sys, importlib.abc
+
+        BLOCKED = {tuple(blocked)!r}
+
+        class Blocker(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"{{name}} is blocked in this test")
+
+        sys.meta_path.insert(0, Blocker())
+        """
+    )
+    check = '\nleaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)\nassert not leaked, leaked\n'
+    script = prelude + textwrap.dedent(body) + check
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)

@@ -58,6 +58,22 @@ socket.getaddrinfo = lambda *a, **k: _refuse(None, *a)
 """
 
 
+def guarded_cli(run_cli: Any, env: dict[str, str], netlog: Path, unset: set[str]) -> Any:
+    """run(*args): the CLI in a subprocess with `env` and without the `unset` variables of this process; fails the
+    test if the subprocess' network guard (GUARD) logged a connection."""
+
+    def run(*args: str) -> Any:
+        saved = {k: os.environ.pop(k) for k in unset if k in os.environ}
+        try:
+            result = run_cli(*args, env=env)
+        finally:
+            os.environ.update(saved)
+        assert not netlog.exists(), f"the CLI tried to reach the network: {netlog.read_text()}"
+        return result
+
+    return run
+
+
 @pytest.fixture
 def offline(tmp_path: Path, fake_site: Any, run_cli: Any) -> Any:
     """run(*args) -> the CLI in a subprocess with HF_HOME=tmp/hf, HF_HUB_OFFLINE=1, no token, no network."""
@@ -67,15 +83,7 @@ def offline(tmp_path: Path, fake_site: Any, run_cli: Any) -> Any:
     netlog = tmp_path / "network.log"
     env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "MODELDECK_TEST_NETLOG": str(netlog)}
 
-    def run(*args: str) -> Any:
-        saved = {k: os.environ.pop(k) for k in ("HF_HUB_CACHE", "HF_TOKEN", "HF_TOKEN_PATH") if k in os.environ}
-        try:
-            result = run_cli(*args, env=env)
-        finally:
-            os.environ.update(saved)
-        assert not netlog.exists(), f"the CLI tried to reach the network: {netlog.read_text()}"
-        return result
-
+    run = guarded_cli(run_cli, env, netlog, unset={"HF_HUB_CACHE", "HF_TOKEN", "HF_TOKEN_PATH"})
     run.home = home
     return run
 
@@ -414,16 +422,7 @@ def served(tmp_path: Path, fake_site: Any, run_cli: Any, card_data: Any) -> Any:
         "NO_PROXY": "127.0.0.1",
     }
 
-    def run(*args: str) -> Any:
-        unset = {"HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN_PATH", *proxies}
-        saved = {k: os.environ.pop(k) for k in unset if k in os.environ}
-        try:
-            result = run_cli(*args, env=env)
-        finally:
-            os.environ.update(saved)
-        assert not netlog.exists(), f"the CLI tried to reach the network: {netlog.read_text()}"
-        return result
-
+    run = guarded_cli(run_cli, env, netlog, unset={"HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN_PATH", *proxies})
     run.hub, run.files, run.home = handler, files, home
     yield run
     server.shutdown()

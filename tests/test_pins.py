@@ -9,9 +9,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,8 @@ from modeldeck.registry.weights import (
     require_verified,
     sha256_file,
 )
+
+from .conftest import run_python_without
 
 FILES = {
     "config.json": b'{"model_type": "gpt_neox"}',
@@ -264,16 +263,7 @@ def test_verify_needs_no_torch(tmp_path: Path, pinned_card: Callable[..., Card])
     """A plugin author's CI: pin and verify a folder with torch, safetensors and huggingface_hub unavailable."""
     card_file = write_card(tmp_path, pinned_card())
     folder = write_folder(tmp_path / "w")
-    script = textwrap.dedent(
-        f"""
-        import sys, importlib.abc
-
-        class Blocked(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "transformers", "safetensors", "huggingface_hub"):
-                    raise ImportError(f"{{name}} is blocked in this test")
-
-        sys.meta_path.insert(0, Blocked())
+    script = f"""
         from modeldeck.registry import cli
         for args in (["verify", {str(card_file)!r}, "--weights", {str(folder)!r}],
                      ["verify", {str(card_file)!r}, "--print-pins", {str(folder)!r}]):
@@ -281,12 +271,9 @@ def test_verify_needs_no_torch(tmp_path: Path, pinned_card: Callable[..., Card])
                 cli.main(args)
             except SystemExit as exc:
                 assert exc.code in (0, None), (args, exc.code)
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "safetensors", "huggingface_hub"))
-        assert not leaked, leaked
         print("done")
         """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = run_python_without(("torch", "transformers", "safetensors", "huggingface_hub"), script)
     assert result.returncode == 0, result.stderr
     assert "6 of 6 files ok" in result.stdout and result.stdout.rstrip().endswith("done")
 
