@@ -39,7 +39,7 @@ from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.schema import Architecture, Card
 from modeldeck.runtime.model import Decoder, alibi_slopes
 
-__all__ = ["CheckpointError", "load_decoder", "read_checkpoint_with_pickles", "read_headers"]
+__all__ = ["CheckpointError", "load_decoder", "read_checkpoint_with_pickles"]
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -53,24 +53,22 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _pickle_headers(path: Path) -> dict[str, TensorInfo]:
-    """A pickle's tensors described like safetensors headers (the pickle has to be opened for that)."""
-    return {
-        name: TensorInfo(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), path)
-        for name, t in _load_pickle(path).items()
-    }
-
-
-def read_checkpoint_with_pickles(directory: Path, allow_pickle: bool = False) -> Checkpoint:
+def read_checkpoint_with_pickles(
+    directory: Path, allow_pickle: bool = False, opened: dict[Path, dict[str, torch.Tensor]] | None = None
+) -> Checkpoint:
     """registry.checkpoint.read_checkpoint, reading pytorch_model*.bin with torch's weights-only unpickler when
-    allowed (the registry never unpickles)."""
-    return read_checkpoint(directory, _pickle_headers if allow_pickle else None)
+    allowed (the registry never unpickles). A pickle must be opened to describe it: its tensors are kept in
+    `opened` (file -> tensors) so that loading does not unpickle it a second time."""
+    opened = {} if opened is None else opened
 
+    def describe(path: Path) -> dict[str, TensorInfo]:
+        opened[path] = _load_pickle(path)
+        return {
+            name: TensorInfo(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), path)
+            for name, t in opened[path].items()
+        }
 
-def read_headers(directory: Path, allow_pickle: bool = False) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    """Tensor name -> (file, shape): from the safetensors headers only (pickles must be opened)."""
-    checkpoint = read_checkpoint_with_pickles(directory, allow_pickle)
-    return {name: (t.file, t.shape) for name, t in checkpoint.tensors.items()}
+    return read_checkpoint(directory, describe if allow_pickle else None)
 
 
 def _plan(card: Card, layout: CheckpointLayout, decoder: Decoder) -> dict[str, list[ImpliedTensor]]:
@@ -134,13 +132,14 @@ def _convert(
     return torch.empty(tensor.shape, dtype=dtype, device=device).copy_(tensor)
 
 
-def _open_tensors(checkpoint: Checkpoint) -> Callable[[str], torch.Tensor]:
+def _open_tensors(checkpoint: Checkpoint, opened: dict[Path, dict[str, torch.Tensor]]) -> Callable[[str], torch.Tensor]:
     """A reader of tensors by name across all shards. Each file is memory-mapped once as a whole
-    (safetensors' load_file), which converts much faster than opening tensors one by one."""
+    (safetensors' load_file), which converts much faster than opening tensors one by one; pickles were
+    opened (memory-mapped) when the checkpoint was read."""
     files: dict[Path, dict[str, torch.Tensor]] = {}
     for path in checkpoint.files:
         if path.suffix == ".bin":
-            files[path] = _load_pickle(path)
+            files[path] = opened[path] if path in opened else _load_pickle(path)
             continue
         try:
             files[path] = load_file(str(path), device="cpu")
@@ -167,10 +166,11 @@ def load_decoder(
     with torch.device("meta"):
         decoder = Decoder(arch)
     plan = _plan(card, layout, decoder)
-    checkpoint = read_checkpoint_with_pickles(directory, allow_pickle)
+    opened: dict[Path, dict[str, torch.Tensor]] = {}
+    checkpoint = read_checkpoint_with_pickles(directory, allow_pickle, opened)
     _check(card, layout, checkpoint)
     state: dict[str, torch.Tensor] = {}
-    get = _open_tensors(checkpoint)
+    get = _open_tensors(checkpoint, opened)
     for name, sources in plan.items():
         parts = [get(source.name) for source in sources]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
