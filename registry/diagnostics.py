@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-__all__ = ["CardError", "Diagnostic", "ModeldeckError", "Severity"]
+__all__ = ["CardError", "Diagnostic", "ModeldeckError", "Severity", "command_line", "spell"]
 
 Severity = Literal["error", "warning", "info"]
 
@@ -47,3 +50,26 @@ class CardError(ModeldeckError):
     def __init__(self, diagnostics: list[Diagnostic]):
         self.diagnostics = diagnostics
         super().__init__("\n".join(d.render() for d in diagnostics))
+
+
+_ON_COMMAND_LINE: ContextVar[bool] = ContextVar("modeldeck_on_command_line", default=False)
+
+
+def spell(option: str, value: str | None = None) -> str:
+    """An option as the reader of an error passes it: `--weights DIR` on the command line, `weights=DIR` in Python
+    (`--allow-pickle` / `allow_pickle=True` for a flag). Messages are worded where they are raised, so each says it
+    the user's way: the CLI runs its commands inside `command_line()`."""
+    if _ON_COMMAND_LINE.get():
+        flag = "--" + option.replace("_", "-")
+        return flag if value is None else f"{flag} {value}"
+    return f"{option}=True" if value is None else f"{option}={value}"
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Errors raised inside are worded for the command line (see `spell`)."""
+    token = _ON_COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _ON_COMMAND_LINE.reset(token)
