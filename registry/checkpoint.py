@@ -20,10 +20,11 @@ from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
+from modeldeck.registry.decoder import ALIBI_SLOPES, Dim, concrete_tensors, qkv_parts, shape
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.params import count_parameters
-from modeldeck.registry.schema import AlibiPositions, Architecture, Card
+from modeldeck.registry.schema import Architecture, Card
 
 __all__ = [
     "DTYPE_BITS",
@@ -33,7 +34,6 @@ __all__ = [
     "ImpliedTensor",
     "TensorInfo",
     "check_checkpoint",
-    "decoder_tensors",
     "implied_plan",
     "implied_tensors",
     "mismatch_hint",
@@ -273,13 +273,6 @@ def natural_key(name: str) -> list[int | str]:
 
 # --- what the card implies -------------------------------------------------------------------------
 
-# One dimension of a tensor: (what the card says it is, the card field that sets it)
-_VOCAB, _HIDDEN, _FFN = ("vocab_size", "vocab_size"), ("hidden_size", "hidden_size"), ("ffn_size", "ffn_size")
-_QKV = ("(heads + 2 kv_heads) x head_dim", "heads")
-_Q, _KV, _HEADS = ("heads x head_dim", "heads"), ("kv_heads x head_dim", "kv_heads"), ("heads", "heads")
-Dim = tuple[str, str]
-Dims = tuple[tuple[Dim, ...], str]  # a tensor's dimensions ([out, in]) and how to join them in words
-
 
 @dataclass(frozen=True)
 class ImpliedTensor:
@@ -294,7 +287,7 @@ class ImpliedTensor:
     @property
     def source(self) -> str:
         """Which card fields imply the shape, e.g. 'architecture.ffn_size by hidden_size'."""
-        texts = [text for text, _ in self.dims]
+        texts = [d.text for d in self.dims]
         joiner = ", by " if " x " in texts[0] and self.joiner == " by " else self.joiner
         text = joiner.join(texts)
         return f"(architecture.{text[1:]}" if text.startswith("(") else f"architecture.{text}"
@@ -302,53 +295,7 @@ class ImpliedTensor:
     def field_for(self, got: tuple[int, ...]) -> str:
         """The card field behind the first dimension that differs from `got`."""
         differs = [i for i, n in enumerate(self.shape) if i >= len(got) or got[i] != n]
-        return f"architecture.{self.dims[min(differs[0] if differs else 0, len(self.dims) - 1)][1]}"
-
-
-def _decoder_dims(arch: Architecture) -> dict[str, Dims]:
-    """The decoder's tensors (the runtime's names, in its state_dict order) -> their dimensions, [out, in]."""
-    layernorm = arch.norm.kind == "layernorm"
-    norm = {"weight": (_HIDDEN,), **({"bias": (_HIDDEN,)} if layernorm else {})}
-    linear: list[tuple[str, Dim, Dim, bool]] = [
-        ("attn.qkv", _QKV, _HIDDEN, arch.bias.qkv),
-        ("attn.out", _HIDDEN, _Q, arch.bias.attention_output),
-        *((("mlp.gate", _FFN, _HIDDEN, arch.bias.mlp),) if arch.mlp == "swiglu" else ()),
-        ("mlp.up", _FFN, _HIDDEN, arch.bias.mlp),
-        ("mlp.down", _HIDDEN, _FFN, arch.bias.mlp),
-    ]
-    block: dict[str, Dims] = {}
-    for name in ("attn_norm",) if arch.residual.shared_norm else ("attn_norm", "mlp_norm"):
-        block |= {f"{name}.{param}": (dims, " by ") for param, dims in norm.items()}
-    for name, rows, columns, bias in linear:
-        block[f"{name}.weight"] = ((rows, columns), " by ")
-        if bias:
-            block[f"{name}.bias"] = ((rows,), " by ")
-    tensors: dict[str, Dims] = {"embed.weight": ((_VOCAB, _HIDDEN), " x ")}
-    tensors |= {f"blocks.{i}.{name}": dims for i in range(arch.layers) for name, dims in block.items()}
-    tensors |= {f"final_norm.{param}": (dims, " by ") for param, dims in norm.items()}
-    if not arch.tied_embeddings:
-        tensors["lm_head.weight"] = ((_VOCAB, _HIDDEN), " x ")
-        if arch.bias.lm_head:
-            tensors["lm_head.bias"] = ((_VOCAB,), " by ")
-    return tensors
-
-
-def _size(arch: Architecture, dim: Dim) -> int:
-    sizes = {
-        _VOCAB: arch.vocab_size,
-        _HIDDEN: arch.hidden_size,
-        _FFN: arch.ffn_size,
-        _QKV: (arch.heads + 2 * arch.kv_heads) * arch.head_dim,
-        _Q: arch.heads * arch.head_dim,
-        _KV: arch.kv_heads * arch.head_dim,
-        _HEADS: arch.heads,
-    }
-    return sizes[dim]
-
-
-def decoder_tensors(arch: Architecture) -> dict[str, tuple[int, ...]]:
-    """The runtime decoder's own tensors and shapes (its state_dict, without ALiBi slopes, which are not weights)."""
-    return {name: tuple(_size(arch, d) for d in dims) for name, (dims, _) in _decoder_dims(arch).items()}
+        return f"architecture.{self.dims[min(differs[0] if differs else 0, len(self.dims) - 1)].field}"
 
 
 def implied_plan(arch: Architecture, layout: CheckpointLayout) -> dict[str, list[ImpliedTensor]]:
@@ -356,28 +303,22 @@ def implied_plan(arch: Architecture, layout: CheckpointLayout) -> dict[str, list
     'alibi_slopes' [heads, 1] when an ALiBi card's layout stores them. Raises ModeldeckError if the layout
     has no name for a tensor the architecture needs."""
     plan: dict[str, list[ImpliedTensor]] = {}
-    for name, (dims, joiner) in _decoder_dims(arch).items():
-        match = re.fullmatch(r"blocks\.(\d+)\.(.*)", name)
-        template, block = (f"blocks.{{i}}.{match[2]}", int(match[1])) if match else (name, None)
-        parts = [(template, dims)]
-        if layout.qkv == "separate" and template.startswith("blocks.{i}.attn.qkv."):
-            param = template.rsplit(".", 1)[1]
-            separate = (("q", _Q), ("k", _KV), ("v", _KV))
-            parts = [(f"blocks.{{i}}.attn.{p}.{param}", (rows, *dims[1:])) for p, rows in separate]
+    for name, block, spec in concrete_tensors(arch):
+        parts = qkv_parts(spec) if layout.qkv == "separate" and ".attn.qkv." in spec.name else [spec]
         sources = []
-        for part, part_dims in parts:
-            if part not in layout.tensors:
+        for part in parts:
+            if part.name not in layout.tensors:
                 raise ModeldeckError(
-                    f"checkpoint layout {layout.name!r} has no tensor for the decoder's {part}: does the card's "
+                    f"checkpoint layout {layout.name!r} has no tensor for the decoder's {part.name}: does the card's "
                     "architecture (bias, mlp, residual.shared_norm, tied_embeddings) fit this layout?"
                 )
-            stored = tuple(reversed(part_dims)) if part in layout.transposed else part_dims
-            shape = tuple(_size(arch, d) for d in stored)
-            sources.append(ImpliedTensor(part, layout.checkpoint_name(part, block), shape, stored, joiner))
+            stored = tuple(reversed(part.dims)) if part.name in layout.transposed else part.dims
+            checkpoint_name = layout.checkpoint_name(part.name, block)
+            sources.append(ImpliedTensor(part.name, checkpoint_name, shape(arch, stored), stored, spec.joiner))
         plan[name] = sources
-    if isinstance(arch.positions, AlibiPositions) and "alibi_slopes" in layout.tensors:
-        slopes = layout.tensors["alibi_slopes"]
-        plan["alibi_slopes"] = [ImpliedTensor("alibi_slopes", slopes, (arch.heads, 1), (_HEADS,))]
+    if ALIBI_SLOPES.present(arch) and ALIBI_SLOPES.name in layout.tensors:
+        stored_slopes = layout.tensors[ALIBI_SLOPES.name]
+        plan[ALIBI_SLOPES.name] = [ImpliedTensor(ALIBI_SLOPES.name, stored_slopes, (arch.heads, 1), ALIBI_SLOPES.dims)]
     return plan
 
 

@@ -1,20 +1,238 @@
-"""The runtime's decoder as data, torch-free: its dtypes, attention backends, tensors and the prefill rule.
+"""The runtime's decoder as data, torch-free: its tensors and shapes, dtypes, attention backends, prefill rule.
 
-Every part of modeldeck that needs to know what the decoder is reads it here: the checkpoint layouts and the
-checkpoint check (which tensors, which shapes), the memory planner, the loader, the runtime and the CLI.
+Every part of modeldeck that needs to know what the decoder is reads it here, so it is described once:
+
+    TENSORS           the decoder's tensors (the runtime's names, not any checkpoint's) and what sets their shapes:
+                      checkpoint layouts may map exactly these names (plus the q/k/v parts of a fused QKV projection
+                      and stored ALiBi slopes: LAYOUT_TENSORS); registry/checkpoint.py derives what a checkpoint must
+                      hold; registry/params.py counts parameters; registry/memory.py sizes the copies loading makes;
+                      runtime/loading.py checks that the torch Decoder's state_dict is exactly `decoder_tensors`
+    DTYPES            the weight dtypes the runtime runs in
+    choose_backend    which attention backend runs for a request, device and dtype (runtime/attention.py and the
+                      memory planner)
+    prefill_chunk     how many queries one prefill pass takes (runtime/generate.py and the memory planner)
+
+Shapes are [out, in] as nn.Linear stores them; each dimension names the card field that sets it, so a checkpoint
+tensor of the wrong shape can be blamed on a field (`architecture.ffn_size`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
-__all__ = ["BACKENDS", "DTYPES", "DTYPE_BYTES", "BackendName", "DtypeName"]
+from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.schema import AlibiPositions, Architecture
+
+__all__ = [
+    "ATTENTION_BUDGET",
+    "BACKENDS",
+    "DTYPES",
+    "DTYPE_BYTES",
+    "LAYOUT_TENSORS",
+    "QKV_PARTS",
+    "TENSORS",
+    "BackendError",
+    "BackendName",
+    "Dim",
+    "DtypeName",
+    "TensorSpec",
+    "choose_backend",
+    "concrete_tensors",
+    "decoder_tensors",
+    "prefill_chunk",
+    "qkv_parts",
+    "shape",
+    "tensor_size",
+    "tensor_specs",
+]
+
+# --- dtypes and attention backends -------------------------------------------------------------------
 
 DtypeName = Literal["float32", "float16", "bfloat16"]
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
 """The weight dtypes the runtime runs in, and bytes per element."""
 DTYPES: tuple[str, ...] = tuple(DTYPE_BYTES)
+HALF = ("float16", "bfloat16")
 
 BackendName = Literal["eager", "sdpa", "xformers"]
 BACKENDS: tuple[str, ...] = ("auto", "eager", "sdpa", "xformers")
 """Attention backends a user may ask for (auto: the rule in `choose_backend`)."""
+
+
+class BackendError(ModeldeckError, ValueError):
+    """An attention backend that does not exist (`problem` "unknown"), cannot run on this device and dtype
+    ("needs_cuda_half") or is not installed ("not_installed")."""
+
+    def __init__(self, message: str, problem: Literal["unknown", "needs_cuda_half", "not_installed"]):
+        super().__init__(message)
+        self.problem = problem
+
+
+def choose_backend(requested: str | None, device: str, dtype: str, xformers_installed: bool) -> BackendName:
+    """The backend that runs: `auto` (or None) is xformers for float16/bfloat16 on CUDA when it is installed, else
+    sdpa; an explicit choice is checked against the device type ('cpu', 'cuda', ...) and dtype ('float16' or
+    'torch.float16')."""
+    requested = requested or "auto"
+    if requested not in BACKENDS:
+        raise BackendError(f"attention={requested!r} is not a backend; choose one of {', '.join(BACKENDS)}", "unknown")
+    half = dtype.removeprefix("torch.") in HALF
+    if requested == "auto":
+        return "xformers" if device == "cuda" and half and xformers_installed else "sdpa"
+    if requested == "xformers":
+        if device != "cuda" or not half:
+            raise BackendError(
+                f"attention='xformers' needs a CUDA device and float16/bfloat16 weights (got {device}, {dtype}); "
+                "use attention='sdpa' or 'auto'",
+                "needs_cuda_half",
+            )
+        if not xformers_installed:
+            raise BackendError("attention='xformers' needs xformers: pip install 'modeldeck[gpu]'", "not_installed")
+    return requested  # type: ignore[return-value]
+
+
+# --- prefill ------------------------------------------------------------------------------------------
+
+ATTENTION_BUDGET = 256 * 2**20
+"""Bytes one layer's attention scores (fp32 [B, H, T, S]) may take during prefill; longer prompts are prefilled in
+chunks of queries against the growing cache, so no forward pass builds an O(N^2 * heads) score or bias tensor."""
+
+
+def prefill_chunk(heads: int, batch: int, keys: int, budget: int = ATTENTION_BUDGET) -> int:
+    """Queries per prefill pass: as many as keep B x H x T x S fp32 scores within `budget` (at least 16)."""
+    return max(16, budget // (batch * heads * keys * 4))
+
+
+# --- tensors ------------------------------------------------------------------------------------------
+
+
+class Dim(NamedTuple):
+    """One dimension of a decoder tensor."""
+
+    text: str  # how the card's architecture states it: "(heads + 2 kv_heads) x head_dim"
+    field: str  # the card field to blame when a checkpoint disagrees
+    size: Callable[[Architecture], int]
+
+
+VOCAB = Dim("vocab_size", "vocab_size", lambda a: a.vocab_size)
+HIDDEN = Dim("hidden_size", "hidden_size", lambda a: a.hidden_size)
+FFN = Dim("ffn_size", "ffn_size", lambda a: a.ffn_size)
+QKV = Dim("(heads + 2 kv_heads) x head_dim", "heads", lambda a: (a.heads + 2 * a.kv_heads) * a.head_dim)
+Q = Dim("heads x head_dim", "heads", lambda a: a.heads * a.head_dim)
+KV = Dim("kv_heads x head_dim", "kv_heads", lambda a: a.kv_heads * a.head_dim)
+HEADS = Dim("heads", "heads", lambda a: a.heads)
+
+
+class TensorSpec(NamedTuple):
+    """One decoder tensor: its name (`blocks.{i}.` for each block), dimensions [out, in], and when it exists."""
+
+    name: str
+    dims: tuple[Dim, ...]
+    present: Callable[[Architecture], bool]
+    joiner: str = " by "  # how its dimensions read in words: "vocab_size x hidden_size", "ffn_size by hidden_size"
+
+    @property
+    def per_block(self) -> bool:
+        return self.name.startswith("blocks.{i}.")
+
+
+def _always(arch: Architecture) -> bool:
+    return True
+
+
+def _layernorm(arch: Architecture) -> bool:
+    return arch.norm.kind == "layernorm"
+
+
+def _own_mlp_norm(arch: Architecture) -> bool:
+    return not arch.residual.shared_norm
+
+
+def _swiglu(arch: Architecture) -> bool:
+    return arch.mlp == "swiglu"
+
+
+def _untied(arch: Architecture) -> bool:
+    return not arch.tied_embeddings
+
+
+TENSORS: tuple[TensorSpec, ...] = (
+    TensorSpec("embed.weight", (VOCAB, HIDDEN), _always, " x "),
+    TensorSpec("blocks.{i}.attn_norm.weight", (HIDDEN,), _always),
+    TensorSpec("blocks.{i}.attn_norm.bias", (HIDDEN,), _layernorm),
+    TensorSpec("blocks.{i}.mlp_norm.weight", (HIDDEN,), _own_mlp_norm),
+    TensorSpec("blocks.{i}.mlp_norm.bias", (HIDDEN,), lambda a: _own_mlp_norm(a) and _layernorm(a)),
+    TensorSpec("blocks.{i}.attn.qkv.weight", (QKV, HIDDEN), _always),
+    TensorSpec("blocks.{i}.attn.qkv.bias", (QKV,), lambda a: a.bias.qkv),
+    TensorSpec("blocks.{i}.attn.out.weight", (HIDDEN, Q), _always),
+    TensorSpec("blocks.{i}.attn.out.bias", (HIDDEN,), lambda a: a.bias.attention_output),
+    TensorSpec("blocks.{i}.mlp.gate.weight", (FFN, HIDDEN), _swiglu),
+    TensorSpec("blocks.{i}.mlp.gate.bias", (FFN,), lambda a: _swiglu(a) and a.bias.mlp),
+    TensorSpec("blocks.{i}.mlp.up.weight", (FFN, HIDDEN), _always),
+    TensorSpec("blocks.{i}.mlp.up.bias", (FFN,), lambda a: a.bias.mlp),
+    TensorSpec("blocks.{i}.mlp.down.weight", (HIDDEN, FFN), _always),
+    TensorSpec("blocks.{i}.mlp.down.bias", (HIDDEN,), lambda a: a.bias.mlp),
+    TensorSpec("final_norm.weight", (HIDDEN,), _always),
+    TensorSpec("final_norm.bias", (HIDDEN,), _layernorm),
+    TensorSpec("lm_head.weight", (VOCAB, HIDDEN), _untied, " x "),
+    TensorSpec("lm_head.bias", (VOCAB,), lambda a: _untied(a) and a.bias.lm_head),
+)
+"""Every tensor the decoder can have, in its state_dict order; `present` says which a given architecture has."""
+
+QKV_PARTS: tuple[tuple[str, Dim], ...] = (("q", Q), ("k", KV), ("v", KV))
+"""The fused QKV projection's rows, in the decoder's order: layouts with `qkv: separate` store them as three tensors
+(blocks.{i}.attn.q.weight, ...), which loading concatenates."""
+
+ALIBI_SLOPES = TensorSpec("alibi_slopes", (HEADS,), lambda a: isinstance(a.positions, AlibiPositions))
+"""Not a weight: the ALiBi slopes some checkpoints store (checked, then used as stored)."""
+
+
+def qkv_parts(spec: TensorSpec) -> list[TensorSpec]:
+    """The separately stored q, k, v tensors that make a fused QKV weight or bias."""
+    prefix, _, param = spec.name.rpartition(".")
+    base = prefix.removesuffix(".qkv")
+    return [TensorSpec(f"{base}.{part}.{param}", (rows, *spec.dims[1:]), spec.present) for part, rows in QKV_PARTS]
+
+
+LAYOUT_TENSORS: tuple[str, ...] = (
+    *(t.name for t in TENSORS),
+    *(p.name for t in TENSORS if ".attn.qkv." in t.name for p in qkv_parts(t)),
+    ALIBI_SLOPES.name,
+)
+"""The names a checkpoint layout may map: every decoder tensor, the separate q/k/v parts, and stored ALiBi slopes."""
+
+
+def shape(arch: Architecture, dims: tuple[Dim, ...]) -> tuple[int, ...]:
+    return tuple(d.size(arch) for d in dims)
+
+
+def tensor_specs(arch: Architecture) -> list[TensorSpec]:
+    """The tensors this architecture's decoder has (per-block ones once, as `blocks.{i}.` templates)."""
+    return [t for t in TENSORS if t.present(arch)]
+
+
+def tensor_size(arch: Architecture, name: str) -> int:
+    """Elements of one decoder tensor (a template name for per-block tensors); 0 when the architecture has none."""
+    spec = next((t for t in TENSORS if t.name == name), None)
+    if spec is None:
+        raise KeyError(f"no decoder tensor {name!r}; known: {', '.join(t.name for t in TENSORS)}")
+    if not spec.present(arch):
+        return 0
+    size = 1
+    for n in shape(arch, spec.dims):
+        size *= n
+    return size
+
+
+def concrete_tensors(arch: Architecture) -> list[tuple[str, int | None, TensorSpec]]:
+    """(name, block index or None, spec) of every tensor of this architecture's decoder, in its state_dict order:
+    the embedding, each block's tensors, then the final norm and LM head."""
+    specs = tensor_specs(arch)
+    found: list[tuple[str, int | None, TensorSpec]] = [(t.name, None, t) for t in specs if t.name.startswith("embed.")]
+    found += [(t.name.format(i=i), i, t) for i in range(arch.layers) for t in specs if t.per_block]
+    return found + [(t.name, None, t) for t in specs if not t.per_block and not t.name.startswith("embed.")]
+
+
+def decoder_tensors(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    """The runtime decoder's own tensors and shapes: its state_dict (ALiBi slopes are not weights), in its order."""
+    return {name: shape(arch, spec.dims) for name, _, spec in concrete_tensors(arch)}

@@ -21,9 +21,10 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modeldeck.registry.decoder import LAYOUT_TENSORS
 from modeldeck.registry.schema import Architecture
 
-__all__ = ["DECODER_TENSORS", "CheckpointLayout", "ConfigMismatch"]
+__all__ = ["CheckpointLayout", "ConfigMismatch"]
 
 
 class ConfigMismatch(NamedTuple):
@@ -76,33 +77,6 @@ def _same(card_value: Any, checkpoint_value: Any) -> bool:
     return bool(card_value == checkpoint_value)
 
 
-DECODER_TENSORS = (
-    "embed.weight",
-    "blocks.{i}.attn_norm.weight",
-    "blocks.{i}.attn_norm.bias",
-    "blocks.{i}.mlp_norm.weight",
-    "blocks.{i}.mlp_norm.bias",
-    "blocks.{i}.attn.qkv.weight",
-    "blocks.{i}.attn.qkv.bias",
-    "blocks.{i}.attn.q.weight",
-    "blocks.{i}.attn.k.weight",
-    "blocks.{i}.attn.v.weight",
-    "blocks.{i}.attn.out.weight",
-    "blocks.{i}.attn.out.bias",
-    "blocks.{i}.mlp.up.weight",
-    "blocks.{i}.mlp.up.bias",
-    "blocks.{i}.mlp.gate.weight",
-    "blocks.{i}.mlp.gate.bias",
-    "blocks.{i}.mlp.down.weight",
-    "blocks.{i}.mlp.down.bias",
-    "final_norm.weight",
-    "final_norm.bias",
-    "lm_head.weight",
-    "alibi_slopes",
-)
-"""The decoder's tensor names a layout may map (the runtime's names, not any checkpoint's)."""
-
-
 class CheckpointLayout(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -131,10 +105,10 @@ class CheckpointLayout(BaseModel):
 
     @model_validator(mode="after")
     def _names_are_known(self) -> CheckpointLayout:
-        unknown = sorted(set(self.tensors) - set(DECODER_TENSORS))
+        unknown = sorted(set(self.tensors) - set(LAYOUT_TENSORS))
         if unknown:
             raise ValueError(
-                f"layout {self.name!r} maps unknown decoder tensors {unknown}; known: {list(DECODER_TENSORS)}"
+                f"layout {self.name!r} maps unknown decoder tensors {unknown}; known: {list(LAYOUT_TENSORS)}"
             )
         unmapped = sorted(set(self.transposed) - set(self.tensors))
         if unmapped:

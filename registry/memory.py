@@ -38,6 +38,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from modeldeck.registry.decoder import (
+    ATTENTION_BUDGET,
+    DTYPE_BYTES,
+    TENSORS,
+    BackendError,
+    BackendName,
+    choose_backend,
+    prefill_chunk,
+    tensor_size,
+)
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.params import count_parameters
@@ -59,24 +69,12 @@ __all__ = [
     "prefill_chunk",
 ]
 
-ATTENTION_BUDGET = 256 * 2**20
-"""Bytes one layer's attention scores (fp32 [B, H, T, S]) may take during prefill; longer prompts are prefilled in
-chunks of queries against the growing cache, so no forward pass builds an O(N^2 * heads) score or bias tensor.
-runtime/generate.py imports it from here: the runtime and the planner share this one value."""
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 Device = Literal["cpu", "cuda"]
-Backend = Literal["sdpa", "eager", "xformers"]
 GB = 10**9
 
 
 class MemoryPlanError(ModeldeckError, ValueError):
     """A memory plan that cannot be made from the given options."""
-
-
-def prefill_chunk(heads: int, batch: int, keys: int, budget: int = ATTENTION_BUDGET) -> int:
-    """Queries per prefill pass, as runtime/generate.py's prefill_chunk computes them (a test keeps the two equal)."""
-    return max(16, budget // (batch * heads * keys * 4))
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ class Scenario:
 
     dtype: str
     device: Device
-    attention: Backend
+    attention: BackendName
     batch: int
     prompt: int
     new_tokens: int
@@ -145,7 +143,7 @@ class _Shape:
     batch: int
     e: int
     device: Device
-    backend: Backend
+    backend: BackendName
 
     @property
     def alibi(self) -> bool:
@@ -261,16 +259,6 @@ def _phases(m: _Shape, prompt: int, capacity: int) -> tuple[Term, ...]:
 
 # --- the estimate ----------------------------------------------------------------------------------
 
-# Decoder weights that a checkpoint layout may store differently, so that loading copies them.
-_TENSOR_PARAMS: dict[str, Callable[[Architecture], int]] = {
-    "blocks.{i}.attn.qkv.weight": lambda a: (a.heads + 2 * a.kv_heads) * a.head_dim * a.hidden_size,
-    "blocks.{i}.attn.qkv.bias": lambda a: (a.heads + 2 * a.kv_heads) * a.head_dim if a.bias.qkv else 0,
-    "blocks.{i}.attn.out.weight": lambda a: a.hidden_size * a.heads * a.head_dim,
-    "blocks.{i}.mlp.up.weight": lambda a: a.ffn_size * a.hidden_size,
-    "blocks.{i}.mlp.gate.weight": lambda a: a.ffn_size * a.hidden_size if a.mlp == "swiglu" else 0,
-    "blocks.{i}.mlp.down.weight": lambda a: a.hidden_size * a.ffn_size,
-}
-
 
 def _copied_per_layer(arch: Architecture, layout: CheckpointLayout | None) -> tuple[int, int]:
     """(parameters per block that loading copies rather than uses in place, those of the fused QKV weight when it
@@ -280,8 +268,9 @@ def _copied_per_layer(arch: Architecture, layout: CheckpointLayout | None) -> tu
     names = set(layout.transposed)
     if layout.qkv in ("per_head", "grouped", "separate"):  # reordered, or concatenated from q, k, v
         names |= {"blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.qkv.bias"}
-    copied = sum(_TENSOR_PARAMS[n](arch) for n in names if n in _TENSOR_PARAMS)
-    on_device = _TENSOR_PARAMS["blocks.{i}.attn.qkv.weight"](arch) if layout.qkv in ("per_head", "grouped") else 0
+    block = {t.name for t in TENSORS if t.per_block}
+    copied = sum(tensor_size(arch, n) for n in names & block)
+    on_device = tensor_size(arch, "blocks.{i}.attn.qkv.weight") if layout.qkv in ("per_head", "grouped") else 0
     return copied, on_device
 
 
@@ -345,16 +334,18 @@ def estimate(
     return _estimate(card, scenario, layout)
 
 
-def _backend(attention: str, device: Device, dtype: str) -> Backend:
-    """runtime/attention.py choose_backend, assuming xformers is installed where the gpu extra is."""
-    half = dtype in ("float16", "bfloat16")
-    if attention == "auto":
-        return "xformers" if device == "cuda" and half else "sdpa"
-    if attention not in ("sdpa", "eager", "xformers"):
-        raise MemoryPlanError(f"attention {attention!r} is not a backend; choose auto, sdpa, eager or xformers")
-    if attention == "xformers" and (device != "cuda" or not half):
-        raise MemoryPlanError("attention xformers needs device cuda and dtype float16 or bfloat16; use sdpa or auto")
-    return attention  # type: ignore[return-value]
+def _backend(attention: str, device: Device, dtype: str) -> BackendName:
+    """registry/decoder.py choose_backend, assuming xformers is installed where the gpu extra is."""
+    try:
+        return choose_backend(attention, device, dtype, xformers_installed=True)
+    except BackendError as exc:
+        if exc.problem == "unknown":
+            raise MemoryPlanError(
+                f"attention {attention!r} is not a backend; choose auto, sdpa, eager or xformers"
+            ) from None
+        raise MemoryPlanError(
+            "attention xformers needs device cuda and dtype float16 or bfloat16; use sdpa or auto"
+        ) from None
 
 
 def _estimate(card: Card, s: Scenario, layout: CheckpointLayout | None) -> Estimate:

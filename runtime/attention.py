@@ -27,12 +27,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry import decoder
+from modeldeck.registry.decoder import BACKENDS, BackendName
 
 __all__ = [
     "BACKENDS",
@@ -44,9 +45,6 @@ __all__ = [
     "xformers_alibi_bias",
     "xformers_bias",
 ]
-
-BackendName = Literal["eager", "sdpa", "xformers"]
-BACKENDS = ("auto", "eager", "sdpa", "xformers")
 
 
 @dataclass(frozen=True)
@@ -192,22 +190,8 @@ def _xformers_importable() -> bool:
 
 
 def choose_backend(requested: str | None, device: torch.device, dtype: torch.dtype) -> BackendName:
-    """Resolve 'auto' (or None) and check an explicit choice can run on this device and dtype."""
-    requested = requested or "auto"
-    if requested not in BACKENDS:
-        raise ModeldeckError(f"attention={requested!r} is not a backend; choose one of {', '.join(BACKENDS)}")
-    half = dtype in (torch.float16, torch.bfloat16)
-    if requested == "auto":
-        return "xformers" if device.type == "cuda" and half and _xformers_importable() else "sdpa"
-    if requested == "xformers":
-        if device.type != "cuda" or not half:
-            raise ModeldeckError(
-                f"attention='xformers' needs a CUDA device and float16/bfloat16 weights (got {device.type}, {dtype}); "
-                "use attention='sdpa' or 'auto'"
-            )
-        if not _xformers_importable():
-            raise ModeldeckError("attention='xformers' needs xformers: pip install 'modeldeck[gpu]'")
-    return requested  # type: ignore[return-value]
+    """Resolve 'auto' (or None) and check an explicit choice can run here: the rule is registry/decoder.py's."""
+    return decoder.choose_backend(requested, device.type, str(dtype), _xformers_importable())
 
 
 _BACKENDS = {

@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from modeldeck.registry.checkpoint import natural_key
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.runtime.hub import PickleRefusedError
 
-__all__ = ["Conversion", "ConvertError", "convert_checkpoint", "pickle_files", "same_bits"]
+__all__ = ["Conversion", "ConvertError", "convert_checkpoint", "pickle_files", "read_pickle", "same_bits"]
 
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -69,18 +70,14 @@ def pickle_files(directory: Path) -> tuple[list[Path], dict[str, str] | None]:
             raise ConvertError(
                 f"{index} is not a valid index ({exc}); restore it from the original checkpoint"
             ) from None
-        shards = sorted(set(weight_map.values()), key=_natural)
+        shards = sorted(set(weight_map.values()), key=natural_key)
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise ConvertError(
                 f"{index.name} in {directory} lists shards that are missing: {', '.join(missing)}; download them too"
             )
         return [directory / s for s in shards], weight_map
-    return sorted(directory.glob("pytorch_model*.bin"), key=lambda p: _natural(p.name)), None
-
-
-def _natural(name: str) -> list[int | str]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return sorted(directory.glob("pytorch_model*.bin"), key=lambda p: natural_key(p.name)), None
 
 
 def _target(name: str) -> str:
@@ -95,8 +92,10 @@ def _is_hub_snapshot(folder: Path) -> bool:
     return folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--")
 
 
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """A pickle's tensors through torch's weights-only unpickler (memory-mapped when the file format allows it)."""
+def read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A pickle's tensors through torch's weights-only unpickler (memory-mapped when the file format allows it);
+    ConvertError saying why when it is unreadable or holds anything but a name -> tensor mapping. The one pickle
+    reader: loading (with allow_pickle) and conversion both read through it."""
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -108,10 +107,10 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConvertError(
             f"{path} cannot be read with torch.load(weights_only=True): {first}; it is corrupt or holds objects other "
-            "than tensors (which is how a pickle runs code): not converted"
+            "than tensors (which is how a pickle runs code)"
         ) from None
     if not isinstance(state, dict):
-        raise ConvertError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; not converted")
+        raise ConvertError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise ConvertError(
@@ -223,7 +222,7 @@ def convert_checkpoint(
         written = final
         if sharded:
             index = target / SAFE_INDEX
-            weights = dict(sorted(result.weight_map.items(), key=lambda item: _natural(item[0])))
+            weights = dict(sorted(result.weight_map.items(), key=lambda item: natural_key(item[0])))
             index.write_text(
                 json.dumps({"metadata": {"total_size": result.bytes}, "weight_map": weights}, indent=2) + "\n"
             )
@@ -252,7 +251,10 @@ def _convert_shard(
     say: Callable[[str], None],
 ) -> Path:
     """One pickle -> one safetensors file under a temporary name, verified bit for bit; returns the temporary path."""
-    state = _read_pickle(shard)
+    try:
+        state = read_pickle(shard)
+    except ConvertError as exc:
+        raise ConvertError(f"{exc}: not converted") from None
     if weight_map is not None:
         listed = sorted(n for n, s in weight_map.items() if s == shard.name)
         absent = [n for n in listed if n not in state]

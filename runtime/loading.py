@@ -29,28 +29,26 @@ from modeldeck.registry.checkpoint import (
     ImpliedTensor,
     TensorInfo,
     check_checkpoint,
-    decoder_tensors,
     implied_plan,
     mismatch_hint,
     read_checkpoint,
 )
+from modeldeck.registry.decoder import decoder_tensors
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.schema import Architecture, Card
+from modeldeck.runtime.convert import ConvertError, read_pickle
 from modeldeck.runtime.model import Decoder, alibi_slopes
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint_with_pickles"]
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """A pytorch_model.bin, memory-mapped, with torch's weights-only unpickler (no arbitrary objects)."""
+    """A pytorch_model.bin through the one pickle reader (runtime/convert.py), its refusal as a CheckpointError."""
     try:
-        state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad pickles
-        raise CheckpointError(
-            path.parent, [f"{path.name} cannot be read as weights: {exc}"], "re-download it", headline="cannot be read"
-        ) from None
-    return state
+        return read_pickle(path)
+    except ConvertError as exc:
+        raise CheckpointError(path.parent, [str(exc)], "re-download it", headline="cannot be read") from None
 
 
 def read_checkpoint_with_pickles(

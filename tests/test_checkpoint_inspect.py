@@ -19,12 +19,12 @@ from safetensors.torch import load_file  # noqa: E402
 from modeldeck import registry  # noqa: E402
 from modeldeck.registry.checkpoint import (  # noqa: E402
     CheckpointError,
-    decoder_tensors,
     implied_plan,
     implied_tensors,
     read_checkpoint,
     read_safetensors_header,
 )
+from modeldeck.registry.decoder import decoder_tensors  # noqa: E402
 from modeldeck.registry.params import count_parameters  # noqa: E402
 from modeldeck.runtime.loading import load_decoder  # noqa: E402
 from modeldeck.runtime.model import Decoder  # noqa: E402
