@@ -3,8 +3,8 @@
     submit() ─► waiting queue ─► loop thread, every iteration:
                                    1. drop cancelled requests (their rows free at once)
                                    2. admit waiting requests into free rows: prefill each alone into its row
-                                   3. one decode step for rows 0..n-1 together, then per request: logits
-                                      processing, sampling, text (stop strings), events
+                                   3. one decode step for rows 0..n-1 together, then runtime/generate.py step
+                                      (sampling, text, stop strings, the finish rule) and one event per request
                                  ─► Ticket: events() / aevents() / result() / cancel()
 
 One KVCache of max_batch rows x the context length is allocated once. Running requests always hold rows
@@ -12,8 +12,9 @@ One KVCache of max_batch rows x the context length is allocated once. Running re
 frees, the last running row's filled positions move into the hole. Rows at different positions batch because
 query t of row b only sees keys <= start[b] + t (runtime/attention.py).
 
-Each request has its own Options, TextStream and torch.Generator (seeded as Model.generate seeds its batch's,
-here a batch of one), so a seeded request draws the same numbers whatever else runs. Prefill runs each prompt
+Each request is one runtime/generate.py Sequence (its own Options, TextStream and torch.Generator, seeded as
+Model.generate seeds a prompt's first choice), so a seeded request draws the same numbers whatever else runs; this
+module only schedules (queue, rows, compaction, the thread) and has no sampling or stop-string code of its own. Prefill runs each prompt
 alone, as Model.generate does, and a lone request decodes as a batch of one: bit for bit Model.generate's logits
 (checked on the CPU). Batched decode rows are not bitwise batch-invariant: matmul kernels differ by row count
 (MKL sgemm: 1 row, 2-3, 4 or more), moving fp32 logits by up to ~1e-5, which changes a token only where the top
@@ -31,8 +32,8 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 
@@ -40,23 +41,22 @@ from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.runtime.engine import Model
 from modeldeck.runtime.generate import (
     Completion,
+    FinishReason,
     GenerationError,
     Options,
-    check_fits,
+    Sequence,
     decode_one_token,
     prefill,
-    process_logits,
-    sample,
+    step,
 )
 from modeldeck.runtime.model import KVCache
-from modeldeck.runtime.text import TextStream
 
 __all__ = ["ContinuousBatcher", "EngineStoppedError", "QueueFullError", "Ticket", "TicketTimeoutError", "TokenEvent"]
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[ContinuousBatcher] = weakref.WeakSet()  # started, not yet stopped: stopped at exit
 
-Finish = Literal["stop", "length", "eos", "cancelled", "error"]
+Finish = FinishReason
 
 
 class QueueFullError(ModeldeckError):
@@ -179,13 +179,10 @@ class Ticket:
 
 @dataclass(eq=False)
 class _Request:
-    """The loop thread's state for one ticket."""
+    """The loop thread's state for one ticket: its sequence and the token to feed next."""
 
     ticket: Ticket
-    opts: Options
-    text: TextStream
-    generator: torch.Generator | None
-    generated: list[int] = field(default_factory=list)
+    sequence: Sequence
     next_token: torch.Tensor | None = None  # [1]: sampled, not yet fed to the decoder
     finished: bool = False
 
@@ -201,7 +198,6 @@ class ContinuousBatcher:
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         arch = model.card.architecture
         self._cache = KVCache(arch, max_batch, arch.context_length, model.dtype, model.device)  # [L, max_batch, S, ..]
-        self._eos = sorted(model.tokenizer.eos_ids)
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []  # row i of the cache belongs to _running[i]
@@ -228,13 +224,22 @@ class ContinuousBatcher:
     def submit(self, prompt_ids: list[int], options: dict[str, Any] | Options | None = None) -> Ticket:
         """Queue one request; options are Model.generate's keywords (or resolved Options). Starts the loop.
 
-        A request is one sequence: num_return_sequences is 1 unless given (a card's default of more is ignored)."""
-        if not isinstance(options, Options):
-            options = self.model._options({"num_return_sequences": 1, **(options or {})})
-        opts = options
-        self._validate(prompt_ids, opts)
-        ticket = Ticket(list(prompt_ids), opts, self._wake)
-        request = _Request(ticket, opts, self.model._text_stream(opts), _generator(opts, self.model.device))
+        A request is one sequence: num_return_sequences is 1 unless given (a card's default of more is ignored).
+        Its prompt and options are checked here, once, with Model.generate's messages."""
+        opts = (
+            options
+            if isinstance(options, Options)
+            else self.model.options(**{"num_return_sequences": 1, **(options or {})})
+        )
+        if opts.num_return_sequences != 1:
+            raise GenerationError(
+                f"num_return_sequences={opts.num_return_sequences}: a batcher request returns one sequence; "
+                "submit one request per sequence",
+                "num_return_sequences",
+            )
+        sequence = self.model.sequence(list(prompt_ids), opts)
+        ticket = Ticket(sequence.prompt, opts, self._wake)
+        request = _Request(ticket, sequence)
         with self._lock:
             self._refuse_if_stopped()
             if len(self._waiting) >= self.max_queue:
@@ -282,21 +287,6 @@ class ContinuousBatcher:
             raise EngineStoppedError(f"the batching loop failed ({self._failure}); restart the engine")
         if self._stopping:
             raise EngineStoppedError("the engine is stopping and takes no new requests; submit to a running engine")
-
-    def _validate(self, prompt_ids: list[int], opts: Options) -> None:
-        """The checks Model.generate makes, with its messages, before anything is queued."""
-        if opts.num_return_sequences != 1:
-            raise GenerationError(
-                f"num_return_sequences={opts.num_return_sequences}: a batcher request returns one sequence; "
-                "submit one request per sequence"
-            )
-        if not prompt_ids:
-            raise GenerationError("a prompt encodes to no tokens; give some text")
-        vocab = self.model.card.architecture.vocab_size
-        bad = [t for t in prompt_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
-        if bad:
-            raise GenerationError(f"prompt token id {bad[0]!r} is not in the vocabulary (0 to {vocab - 1})")
-        check_fits(self.model.card.architecture.context_length, len(prompt_ids), opts.max_new_tokens)
 
     def _wake(self) -> None:
         with self._lock:
@@ -371,7 +361,7 @@ class ContinuousBatcher:
 
     def _prefill(self, request: _Request, row: int) -> None:
         rows = self._cache.rows(row, row + 1)
-        prompt = request.ticket.prompt_ids
+        prompt = request.sequence.prompt
         model = self.model
         logits = prefill(model.decoder, [prompt], rows, model.backend, model.tokenizer.pad_id)  # [1, V]
         self._cache.lengths[row] = len(prompt)
@@ -394,63 +384,42 @@ class ContinuousBatcher:
         self._advance(list(self._running), logits)
 
     def _advance(self, requests: list[_Request], logits: torch.Tensor) -> None:
-        """logits [B, V] (row i: requests[i]) -> each request's next token, text delta and event."""
-        picked: list[tuple[_Request, torch.Tensor]] = []
+        """logits [B, V] (row i: requests[i]) -> each request's next token, text delta and event (runtime/generate.py
+        step: sampling, stop strings and the finish rule); a failure ends only the requests it concerns."""
+        owner = {id(r.sequence): r for r in requests}
+
+        def failed(sequence: Sequence, exc: Exception) -> None:
+            log.error("generating a token failed", exc_info=exc)
+            self._end(owner[id(sequence)], "error", f"generation failed: {type(exc).__name__}: {exc}")
+
+        tokens = step([r.sequence for r in requests], logits, on_error=failed)
         for row, request in enumerate(requests):
-            try:
-                picked.append((request, self._pick(request, logits[row : row + 1])))  # [1]
-            except Exception as exc:  # one request's options or processing failed: end it alone
-                log.exception("token selection failed")
-                self._end(request, "error", f"generation failed: {type(exc).__name__}: {exc}")
-        if not picked:
-            return
-        tokens = torch.cat([token for _, token in picked]).tolist()  # one device sync for the whole step
-        for (request, token), value in zip(picked, tokens, strict=True):
-            request.next_token = token
-            try:
-                self._emit(request, value)
-            except Exception as exc:  # e.g. its text could not be decoded: end this request alone
-                log.exception("emitting a token failed")
-                self._end(request, "error", f"generation failed: {type(exc).__name__}: {exc}")
-
-    def _pick(self, request: _Request, logits: torch.Tensor) -> torch.Tensor:
-        """logits [1, V] -> the next token [1], with this request's options and generator."""
-        seen = [request.ticket.prompt_ids + request.generated]
-        scores = process_logits(logits, seen, len(request.generated), request.opts, self._eos)  # [1, V]
-        return sample(scores, request.opts.do_sample, request.generator)  # [1]
-
-    def _emit(self, request: _Request, token: int) -> None:
-        """Record a generated token: its text delta as an event, the final one when the request ends."""
-        request.generated.append(token)
-        delta = request.text.push(token)
-        finish: Finish | None = None
-        if request.text.stopped:
-            finish = "stop"
-        elif token in self._eos:
-            finish = "eos"
-        elif len(request.generated) == request.opts.max_new_tokens:
-            finish = "length"
-        if finish is None:
-            request.ticket._publish(TokenEvent(delta, token, None))
-        else:
-            self._end(request, finish, token=token, delta=delta)
+            if request.finished:
+                continue
+            request.next_token = tokens[row : row + 1]
+            sequence = request.sequence
+            if sequence.finish is None:
+                request.ticket._publish(TokenEvent(sequence.delta, sequence.generated[-1], None))
+            else:
+                self._end(request, sequence.finish)
 
     # --- ending requests ----------------------------------------------------------------------------
 
-    def _end(
-        self, request: _Request, finish: Finish, error: str | None = None, token: int | None = None, delta: str = ""
-    ) -> None:
-        """Send a request's final event (with usage and the rest of its text) and mark its row free."""
+    def _end(self, request: _Request, finish: Finish, error: str | None = None) -> None:
+        """Send a request's final event (with usage and the rest of its text) and mark its row free. A sequence
+        that finished by itself ends with its last token; one ended from outside (cancelled, failed) without."""
         if request.finished:
             return
         request.finished = True
-        text = request.text
-        prompt_tokens = len(request.ticket.prompt_ids)
-        event = TokenEvent(delta + text.finish(), token, finish, prompt_tokens, len(text.ids), error)
-        completion = Completion(text.text, list(text.ids), cast(Any, finish), prompt_tokens)
+        sequence = request.sequence
+        if sequence.finish is None:
+            text, token = sequence.end(finish), None
+        else:
+            text, token = sequence.delta, sequence.generated[-1]
+        event = TokenEvent(text, token, finish, len(sequence.prompt), len(sequence.generated), error)
         with self._lock:
             self._counts["completed"] += 1
-        request.ticket._publish(event, completion)
+        request.ticket._publish(event, sequence.completion())
 
     def _end_running(self, message: str) -> None:
         for request in self._running:
@@ -485,12 +454,3 @@ def _stop_all() -> None:
     """At interpreter exit, end what still runs: a torch op cut off by finalization aborts the process."""
     for batcher in list(_LIVE):
         batcher.stop(drain=False)
-
-
-def _generator(opts: Options, device: torch.device) -> torch.Generator | None:
-    """A request's own generator, seeded as Model.generate seeds its batch's (`seed`, else a random seed)."""
-    if not opts.do_sample:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(opts.seed if opts.seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    return generator

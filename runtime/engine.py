@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from collections.abc import Sequence as Many
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from modeldeck import registry
-from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.decoder import DTYPES
+from modeldeck.registry.diagnostics import ModeldeckError, spell
 from modeldeck.registry.prompting import render_segments
 from modeldeck.registry.schema import Card
 from modeldeck.registry.weights import require_pins, require_verified
 from modeldeck.runtime.attention import choose_backend, get_backend
-from modeldeck.runtime.generate import Completion, GenerationError, Options, generate_tokens, resolve_options
+from modeldeck.runtime.generate import (
+    Completion,
+    GenerationError,
+    Options,
+    Sequence,
+    check_prompt,
+    generate,
+    make_generator,
+    resolve_options,
+)
 from modeldeck.runtime.loading import load_decoder
 from modeldeck.runtime.model import Decoder
 from modeldeck.runtime.text import TextStream
@@ -23,8 +34,9 @@ from modeldeck.runtime.tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = ["Generation", "Model", "load"]
 
-Conversation = str | Sequence[Mapping[str, object]]
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+Messages = Many[Mapping[str, object]]
+Conversation = str | Messages
+_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
 
 
 @dataclass
@@ -84,9 +96,7 @@ class Model:
         results = self._run(prompts, system, raw, options)
         return results if many else results[0]
 
-    def chat(
-        self, messages: Sequence[Mapping[str, object]], *, system: str | None = None, **options: Any
-    ) -> Generation:
+    def chat(self, messages: Messages, *, system: str | None = None, **options: Any) -> Generation:
         """Answer the last user message of a conversation, rendered with the card's prompt format."""
         return self._run([messages], system, False, options)[0]
 
@@ -94,66 +104,42 @@ class Model:
         self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
     ) -> Iterator[str]:
         """Text deltas as they become safe to show (see runtime/text.py)."""
-        opts = self._options(options)
+        opts = self.options(**options)
         if opts.num_return_sequences != 1:
-            raise GenerationError("stream() returns one sequence: set num_return_sequences=1")
-        ids = self.encode(prompt, system, raw)
-        text = self._text_stream(opts)
-        stopped: set[int] = set()
-        for events in self._tokens([ids], opts, stopped):
-            for _, token in events:
-                delta = text.push(token)
-                if text.stopped:
-                    stopped.add(0)
-                if delta:
-                    yield delta
-        rest = text.finish()
-        if rest:
-            yield rest
+            raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
+        sequence = self.sequence(self.encode(prompt, system, raw), opts)
+        for _ in generate(self.decoder, [sequence], self.backend, self.tokenizer.pad_id):
+            if sequence.delta:
+                yield sequence.delta
 
-    def _options(self, overrides: dict[str, Any]) -> Options:
+    # --- the pieces the batcher shares -----------------------------------------------------------
+
+    def options(self, **overrides: Any) -> Options:
+        """The card's generation defaults and stop strings, overridden by `overrides`, validated once."""
         return resolve_options(self.card.generation, self.card.format.stop, overrides)
 
-    def _text_stream(self, opts: Options) -> TextStream:
-        return TextStream(self.tokenizer.decode, opts.stop, self.card.format.strip_response)
-
-    def _tokens(self, prompts: list[list[int]], opts: Options, stopped: set[int]) -> Iterator[list[tuple[int, int]]]:
-        if not prompts:
-            raise GenerationError("no prompts given")
-        if any(not p for p in prompts):
-            raise GenerationError("a prompt encodes to no tokens; give some text")
-        eos = sorted(self.tokenizer.eos_ids)
-        return generate_tokens(self.decoder, prompts, opts, self.backend, eos, self.tokenizer.pad_id, stopped)
+    def sequence(self, prompt_ids: list[int], opts: Options, choice: int = 0) -> Sequence:
+        """One sequence to generate from these prompt ids (checked: in the vocabulary, fitting the context), with
+        its own text stream and generator (`choice` i of a prompt is seeded seed + i)."""
+        arch = self.card.architecture
+        check_prompt(prompt_ids, arch.vocab_size, arch.context_length, opts.max_new_tokens)
+        text = TextStream(self.tokenizer.decode, opts.stop, self.card.format.strip_response)
+        return Sequence(prompt_ids, opts, self.tokenizer.eos_ids, text, make_generator(opts, self.device, choice))
 
     def _run(
         self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
     ) -> list[Generation]:
-        opts = self._options(options)
+        if not prompts:
+            raise GenerationError("no prompts given", "prompt", "invalid_prompt")
+        opts = self.options(**options)
         n = opts.num_return_sequences
         encoded = [self.encode(p, system, raw) for p in prompts]
-        rows = [ids for ids in encoded for _ in range(n)]
-        texts = [self._text_stream(opts) for _ in rows]
-        finish: dict[int, str] = {}
-        stopped: set[int] = set()
-        for events in self._tokens(rows, opts, stopped):
-            for index, token in events:
-                texts[index].push(token)
-                if texts[index].stopped:
-                    stopped.add(index)
-                    finish[index] = "stop"
-                elif token in self.tokenizer.eos_ids:
-                    finish[index] = "eos"
+        sequences = [self.sequence(ids, opts, choice) for ids in encoded for choice in range(n)]
+        for _ in generate(self.decoder, sequences, self.backend, self.tokenizer.pad_id):
+            pass
         results = []
         for p, prompt in enumerate(prompts):
-            completions = [
-                Completion(
-                    texts[i].text,
-                    texts[i].ids,
-                    finish.get(i, "length"),  # type: ignore[arg-type]
-                    len(encoded[p]),
-                )
-                for i in range(p * n, (p + 1) * n)
-            ]
+            completions = [s.completion() for s in sequences[p * n : (p + 1) * n]]
             shown = prompt if isinstance(prompt, str) and raw else self.render(prompt, system)
             results.append(Generation(shown, completions))
         return results
@@ -165,11 +151,53 @@ def _choose_dtype(card: Card, requested: str | torch.dtype | None, device: torch
         return requested
     if requested is not None:
         if requested not in _DTYPES:
-            raise ModeldeckError(f"dtype={requested!r} is not supported; choose one of {', '.join(_DTYPES)}")
+            raise ModeldeckError(
+                f"{spell('dtype', repr(requested))} is not supported; choose one of {', '.join(_DTYPES)}"
+            )
         return _DTYPES[requested]
     if device.type == "cpu":
         return torch.float32  # half-precision matmuls on CPUs are slow or missing; ask explicitly for them
     return None if card.dtype == "auto" else _DTYPES[card.dtype]
+
+
+def available_devices() -> list[str]:
+    """The devices this torch build can use here: cpu, each CUDA device, mps."""
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def _choose_device(requested: str | torch.device | None) -> torch.device:
+    """The device to run on (default: the first CUDA device when there is one, else the CPU), checked to exist."""
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError) as exc:
+        raise ModeldeckError(
+            f"{spell('device', str(requested))}: not a device ({exc}); use one of {', '.join(available_devices())}"
+        ) from None
+    here = ", ".join(available_devices())
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ModeldeckError(
+                f"{spell('device', str(requested))}: {why} (torch {torch.__version__}); devices available here: "
+                f"{here}. Run on one of them, or install a CUDA build of torch on a machine with an NVIDIA GPU"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModeldeckError(
+                f"{spell('device', str(requested))}: there are {torch.cuda.device_count()} CUDA device(s); "
+                f"devices available here: {here}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModeldeckError(f"{spell('device', str(requested))}: MPS is not available; devices available here: {here}")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ModeldeckError(
+            f"{spell('device', str(requested))}: modeldeck runs on cpu, cuda and mps; devices available here: {here}"
+        )
+    return device
 
 
 def load(
@@ -198,7 +226,7 @@ def load(
     directory = resolve_weights(resolved, weights=weights, revision=revision, allow_pickle=allow_pickle)
     if verify:
         require_verified(resolved, directory, revision)
-    where = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = _choose_device(device)
     chosen = _choose_dtype(resolved, dtype, where)
     if chosen is not None:
         choose_backend(attention, where, chosen)  # fail before reading weights

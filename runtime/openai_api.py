@@ -4,12 +4,13 @@ Request fields -> generation options (the card's defaults apply to every field a
 
 - max_tokens (or max_completion_tokens): max_new_tokens; left out: the card's max_new_tokens, lowered to what the
   context has room for. Given and prompt + max_tokens beyond the context: 400 context_length_exceeded.
-- temperature: 0 (below 1e-5) means greedy (do_sample false); above, sampling at that temperature. top_p given (temperature not 0)
-  samples too. Neither given: the card's do_sample, temperature, top_p and top_k. (OpenAI's default temperature is
-  1; here a request without one gets the card's decoding, which for most cards is greedy.)
+- temperature, top_p, top_k, do_sample follow the runtime's one rule (runtime/generate.py, README): do_sample when
+  given decides; else temperature 0 (below 1e-5) is greedy, and a temperature above 0, top_p or top_k samples; else
+  the card's do_sample. (OpenAI's default temperature is 1; here a request without one gets the card's decoding,
+  which for most cards is greedy.) top_k 0 or -1 turns the card's top_k off.
 - stop (string or list, besides the card's stop strings), seed (choice i of n gets seed + i), n (n tickets; with
-  greedy decoding n identical choices), and the card's own options: top_k (0 or -1: off), repetition_penalty,
-  min_tokens (-> min_new_tokens), do_sample.
+  greedy decoding n identical choices), and the card's own options: repetition_penalty, min_tokens
+  (-> min_new_tokens).
 - /v1/completions applies the card's prompt format to a text prompt, as `modeldeck generate` does (for a `plain`
   card the text is unchanged); `"raw": true` encodes it as plain text instead; token-id prompts are used as given.
 - Fields that would change results and are not supported (logprobs, echo, best_of other than n, suffix, tools,
@@ -23,12 +24,12 @@ Errors have OpenAI's body {"error": {"message", "type", "param", "code"}}: 400 i
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modeldeck.registry.schema import Card
+from modeldeck.runtime.generate import ContextLengthError, GenerationError
 
 __all__ = [
     "APIError",
@@ -41,7 +42,6 @@ __all__ = [
     "refuse_unsupported",
 ]
 
-GREEDY_BELOW = 1e-5  # a temperature this small is greedy decoding (dividing logits by it would overflow)
 OPTION_PARAMS = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "num_return_sequences": "n"}
 
 
@@ -201,38 +201,21 @@ def chat_messages(raw: list[Any]) -> list[dict[str, Any]]:
 
 
 def generation_options(card: Card, req: CompletionRequest | ChatRequest, prompt_len: int) -> dict[str, Any]:
-    """The batcher options for one choice of a request whose prompt has `prompt_len` tokens (see the module
-    docstring); the card's defaults stay wherever the request leaves a field out."""
-    context = card.architecture.context_length
+    """The runtime options (Model.generate's keywords) for one choice of a request whose prompt has `prompt_len`
+    tokens (see the module docstring). The runtime checks them, and the prompt, once (runtime/generate.py):
+    its GenerationError becomes a 400 through `generation_error`."""
     asked = req.max_completion_tokens if isinstance(req, ChatRequest) and req.max_tokens is None else req.max_tokens
-    room = context - prompt_len
-    if (asked is None and room < 1) or (asked is not None and asked > room):
-        wanted = (
-            f"{prompt_len + asked} tokens ({prompt_len} in the prompt, {asked} for the completion)"
-            if asked
-            else f"{prompt_len} tokens in the prompt and at least 1 for the completion"
-        )
-        raise APIError(
-            400,
-            f"This model's maximum context length is {context} tokens. However, you requested {wanted}. "
-            "Please reduce the length of the prompt or max_tokens.",
-            param="max_tokens" if room > 0 else ("messages" if isinstance(req, ChatRequest) else "prompt"),
-            code="context_length_exceeded",
-        )
-    opts: dict[str, Any] = {"max_new_tokens": asked or min(card.generation.max_new_tokens, room)}
+    room = card.architecture.context_length - prompt_len
+    opts: dict[str, Any] = {
+        "max_new_tokens": asked if asked is not None else max(1, min(card.generation.max_new_tokens, room))
+    }
     if card.generation.num_return_sequences != 1:
         opts["num_return_sequences"] = 1  # n is n tickets
-    if req.temperature is not None and req.temperature < GREEDY_BELOW:
-        opts["do_sample"] = False
-    elif req.temperature is not None or req.top_p is not None:
-        opts["do_sample"] = True
-        if req.temperature is not None:
-            opts["temperature"] = req.temperature
-    if req.top_p is not None:
-        opts["top_p"] = req.top_p
     if req.top_k is not None:
         opts["top_k"] = None if req.top_k in (0, -1) else req.top_k
     for field, option in (
+        ("temperature", "temperature"),  # 0 is greedy: the runtime's one sampling rule
+        ("top_p", "top_p"),
         ("repetition_penalty", "repetition_penalty"),
         ("min_tokens", "min_new_tokens"),
         ("do_sample", "do_sample"),
@@ -244,9 +227,18 @@ def generation_options(card: Card, req: CompletionRequest | ChatRequest, prompt_
     return opts
 
 
-def generation_error(message: str) -> APIError:
-    """A GenerationError from the engine (invalid option, prompt too long) as a 400 naming the request field."""
-    found = re.search(r"option (\w+)=", message)
-    param = OPTION_PARAMS.get(found[1], found[1]) if found else None
-    code = "context_length_exceeded" if "context length" in message else None
-    return APIError(400, message, param=param or ("max_tokens" if code else None), code=code)
+def generation_error(exc: GenerationError, chat: bool) -> APIError:
+    """A GenerationError from the runtime (an invalid option, a prompt that does not fit) as a 400 naming the request
+    field it concerns (its `option`, in the request's terms) and, for a context overflow, OpenAI's code and words."""
+    param = "messages" if chat and exc.option == "prompt" else OPTION_PARAMS.get(exc.option or "", exc.option)
+    if isinstance(exc, ContextLengthError):
+        wanted = exc.prompt_tokens + exc.max_new_tokens
+        return APIError(
+            400,
+            f"This model's maximum context length is {exc.context_length} tokens. However, you requested {wanted} "
+            f"tokens ({exc.prompt_tokens} in the prompt, {exc.max_new_tokens} for the completion). Please reduce the "
+            "length of the prompt or max_tokens.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return APIError(400, str(exc), param=param)

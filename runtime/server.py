@@ -33,6 +33,7 @@ from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.prompting import PromptError
 from modeldeck.runtime.batching import ContinuousBatcher, EngineStoppedError, QueueFullError, Ticket, TokenEvent
 from modeldeck.runtime.engine import Model
+from modeldeck.runtime.generate import GenerationError
 from modeldeck.runtime.openai_api import (
     APIError,
     ChatRequest,
@@ -83,11 +84,6 @@ class Service:
             texts: list[Any] = [p] if isinstance(p, str) else list(p)
             if not texts:
                 raise APIError(400, "'prompt' is an empty list", param="prompt")
-            vocab = self.model.card.architecture.vocab_size
-            if any(isinstance(t, list) and any(not 0 <= i < vocab for i in t) for t in texts):
-                raise APIError(
-                    400, f"a token id in 'prompt' is outside the vocabulary (0..{vocab - 1})", param="prompt"
-                )
             return [t if isinstance(t, list) else self.model.encode(t, raw=req.raw) for t in texts]
         except PromptError as exc:
             raise APIError(400, str(exc), param="messages" if isinstance(req, ChatRequest) else "prompt") from None
@@ -111,7 +107,7 @@ class Service:
                 tickets.append(self.batcher.submit(ids, opts))
             queued = True
         except ModeldeckError as exc:
-            raise self._engine_error(exc) from None
+            raise self._engine_error(exc, isinstance(req, ChatRequest)) from None
         finally:
             if not queued:
                 for t in tickets:
@@ -119,13 +115,15 @@ class Service:
         self.counters["requests"] += 1
         return tickets, sum(map(len, prompts))
 
-    def _engine_error(self, exc: ModeldeckError) -> APIError:
+    def _engine_error(self, exc: ModeldeckError, chat: bool) -> APIError:
         if isinstance(exc, QueueFullError):
             self.counters["rejected_queue_full"] += 1
             return APIError(429, f"the server is busy: {exc}", kind="rate_limit_error", code="queue_full")
         if isinstance(exc, EngineStoppedError):
             return APIError(503, f"the server takes no requests now: {exc}", kind="server_error", code="shutting_down")
-        return generation_error(str(exc))
+        if isinstance(exc, GenerationError):
+            return generation_error(exc, chat)
+        return APIError(400, str(exc))
 
 
 async def _events(ticket: Ticket) -> AsyncIterator[TokenEvent]:
@@ -232,15 +230,7 @@ class _Request:
                 {"index": i, "text": t, "logprobs": None, "finish_reason": f}
                 for i, (t, f) in enumerate(zip(texts, finish, strict=True))
             ]
-        kind = "chat.completion" if self.chat else "text_completion"
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": self.usage(),
-        }
+        return self._envelope(choices, chunk=False) | {"usage": self.usage()}
 
     async def _watch(self, request: Request) -> None:
         while not await request.is_disconnected():
@@ -255,17 +245,12 @@ class _Request:
             choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        }
-        if usage:
-            chunk["usage"] = None
-        return _sse(chunk)
+        return _sse(self._envelope([choice], chunk=True) | ({"usage": None} if usage else {}))
+
+    def _envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
+        """What every response body and stream chunk of this request carries around its choices."""
+        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
     async def sse(self, include_usage: bool) -> AsyncIterator[str]:
         try:
@@ -278,17 +263,7 @@ class _Request:
                 if event.finish_reason:
                     yield self._chunk(index, None, FINISH.get(event.finish_reason), include_usage)
             if include_usage:
-                kind = "chat.completion.chunk" if self.chat else "text_completion"
-                yield _sse(
-                    {
-                        "id": self.id,
-                        "object": kind,
-                        "created": self.created,
-                        "model": self.model,
-                        "choices": [],
-                        "usage": self.usage(),
-                    }
-                )
+                yield _sse(self._envelope([], chunk=True) | {"usage": self.usage()})
         except APIError as exc:
             self.close()
             yield _sse({"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}})
@@ -403,7 +378,9 @@ def create_app(
             return await job.collect(request)
         except APIError:
             raise
-        except ModeldeckError as exc:  # PromptError, GenerationError, ...: the request's fault
+        except GenerationError as exc:
+            raise generation_error(exc, kind is ChatRequest) from None
+        except ModeldeckError as exc:  # PromptError, ...: the request's fault
             raise APIError(400, str(exc)) from None
         except Exception:  # a bug: a clean 500, logged once here
             log.exception("internal error answering %s %s", request.method, request.url.path)

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from modeldeck import runtime  # noqa: E402
-from modeldeck.runtime import batching  # noqa: E402
+from modeldeck.runtime import batching, generate  # noqa: E402
 from modeldeck.runtime.batching import (  # noqa: E402
     ContinuousBatcher,
     EngineStoppedError,
@@ -279,15 +279,15 @@ def test_stop_without_drain_and_a_drain_timeout_end_requests_with_error(model, m
 
 def test_an_error_in_one_requests_processing_ends_only_that_request(model, make_batcher, monkeypatch):
     b = make_batcher()
-    bad = model._options({"max_new_tokens": 30})
-    real = batching.process_logits
+    bad = model.options(max_new_tokens=30)
+    real = generate.process_logits
 
     def flaky(logits, seen, generated, opts, eos):
-        if opts is bad and generated == 3:
+        if opts is bad and generated == [3]:
             raise RuntimeError("injected failure")
         return real(logits, seen, generated, opts, eos)
 
-    monkeypatch.setattr(batching, "process_logits", flaky)
+    monkeypatch.setattr(generate, "process_logits", flaky)
     others = [b.submit(model.encode(p, raw=True), {"max_new_tokens": n}) for p, n in PROMPTS[:3]]
     failing = b.submit(model.encode("import os\n", raw=True), bad)
     events = list(failing.events(timeout=WAIT))

@@ -266,10 +266,18 @@ def test_prompts_that_do_not_fit_the_context_are_refused(model):
         f"a prompt of {n} tokens plus max_new_tokens=2047 exceeds the context length 2048; "
         f"lower max_new_tokens to at most {2048 - n} or shorten the prompt"
     )
-    long = " hello" * 2100
-    assert len(model.encode(long)) == 2100
-    with pytest.raises(GenerationError, match=r"^a prompt of 2100 tokens plus max_new_tokens=1 exceeds the context "):
-        model.generate(long, max_new_tokens=1)
+    assert (exc.value.option, exc.value.code) == ("max_new_tokens", "context_length_exceeded")
+    # A prompt that fills the context by itself: only shortening it helps (not "lower max_new_tokens to at most 0")
+    for length in (2048, 2100):
+        long = " hello" * length
+        assert len(model.encode(long)) == length
+        with pytest.raises(GenerationError) as exc:
+            model.generate(long, max_new_tokens=1)
+        assert str(exc.value) == (
+            f"a prompt of {length} tokens fills the context length 2048 and leaves no room for a new token; "
+            "shorten the prompt to at most 2047 tokens"
+        )
+        assert (exc.value.option, exc.value.code) == ("prompt", "context_length_exceeded")
     with pytest.raises(GenerationError, match=r"^a prompt encodes to no tokens; give some text$"):
         model.generate("", max_new_tokens=1)
 

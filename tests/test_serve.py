@@ -275,11 +275,11 @@ ERRORS = [
     ("completions", {"n": 0}, openai.BadRequestError, "n", None),
     ("completions", {"seed": 2**64}, openai.BadRequestError, "seed", None),
     ("completions", {"max_tokens": 0}, openai.BadRequestError, "max_tokens", None),
-    ("completions", {"stop": ""}, openai.BadRequestError, None, None),
+    ("completions", {"stop": ""}, openai.BadRequestError, "stop", None),  # the runtime names the option it refused
     ("completions", {"extra_body": {"min_tokens": 10}}, openai.BadRequestError, None, None),
     ("completions", {"extra_body": {"repetition_penalty": 0}}, openai.BadRequestError, "repetition_penalty", None),
     ("completions", {"extra_body": {"top_k": -2}}, openai.BadRequestError, "top_k", None),
-    ("completions", {"prompt": ""}, openai.BadRequestError, None, None),
+    ("completions", {"prompt": ""}, openai.BadRequestError, "prompt", None),
     ("completions", {"logprobs": 2}, openai.BadRequestError, "logprobs", None),
     ("completions", {"echo": True}, openai.BadRequestError, "echo", None),
     ("completions", {"best_of": 3}, openai.BadRequestError, "best_of", None),
