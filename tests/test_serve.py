@@ -498,3 +498,26 @@ def test_modeldeck_serve_errors(run_cli, fake_site):
     missing = run_cli("serve", "tiny-neox")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "install the serve extra: pip install 'modeldeck[serve]'" in missing.stderr
+
+
+def test_the_cli_the_python_api_and_the_server_apply_one_sampling_rule(served, neox):
+    """temperature 0 is greedy everywhere; a temperature alone samples everywhere (README: the one rule)."""
+    client = served.client()
+    for temperature, seed in ((0.0, None), (0.8, 3)):
+        extra = ["--seed", str(seed)] if seed is not None else []
+        cli = subprocess.run(
+            [sys.executable, "-m", "modeldeck.registry.cli", "generate", "tiny-neox", PROMPT, "--json"]
+            + ["--max-new-tokens", "12", "--temperature", str(temperature), *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr
+        by_cli = json.loads(cli.stdout)["completions"][0]["text"]
+        by_server = client.completions.create(
+            model="tiny-neox", prompt=PROMPT, max_tokens=12, temperature=temperature, seed=seed
+        )
+        options = {"max_new_tokens": 12, "temperature": temperature, "seed": seed}
+        assert by_cli == by_server.choices[0].text == neox.generate(PROMPT, **options).text
+    greedy = neox.generate(PROMPT, max_new_tokens=12).text
+    assert by_cli != greedy  # the last round sampled (temperature 0.8 without --do-sample)
