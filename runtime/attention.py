@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -171,13 +171,13 @@ def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
         out = memory_efficient_attention(
             q5, k5, v5, attn_bias=mask.view(batch, kv_heads, group, queries, keys), scale=scale
         )
-        return out.reshape(batch, queries, heads, dim)
+        return cast(torch.Tensor, out.reshape(batch, queries, heads, dim))
     # Packed along M, grouped for GQA: [1, B*T, KV, H/KV, D]; K/V expanded, not copied.
     q5 = q.reshape(1, batch * queries, kv_heads, group, dim)
     k5 = k.reshape(1, batch * keys, kv_heads, 1, dim).expand(-1, -1, -1, group, -1)
     v5 = v.reshape(1, batch * keys, kv_heads, 1, dim).expand(-1, -1, -1, group, -1)
     out = memory_efficient_attention(q5, k5, v5, attn_bias=mask, scale=scale)
-    return out.reshape(batch, queries, heads, dim)
+    return cast(torch.Tensor, out.reshape(batch, queries, heads, dim))
 
 
 @functools.cache

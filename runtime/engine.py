@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Mapping
 from collections.abc import Sequence as Many
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 
@@ -87,12 +87,22 @@ class Model:
 
     # --- generation ----------------------------------------------------------------------------
 
+    @overload
+    def generate(
+        self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> Generation: ...
+
+    @overload
+    def generate(
+        self, prompt: list[str], *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> list[Generation]: ...
+
     def generate(
         self, prompt: Conversation | list[str], *, system: str | None = None, raw: bool = False, **options: Any
     ) -> Generation | list[Generation]:
         """Generate for one prompt (-> Generation) or a list of prompts decoded together (-> list[Generation])."""
         many = isinstance(prompt, list) and all(isinstance(p, str) for p in prompt)
-        prompts: list[Conversation] = list(prompt) if many else [prompt]  # type: ignore[arg-type]
+        prompts: list[Conversation] = [str(p) for p in prompt] if many else [cast(Conversation, prompt)]
         results = self._run(prompts, system, raw, options)
         return results if many else results[0]
 

@@ -103,15 +103,11 @@ RUNTIME_OPTIONS = ("seed", "stop")
 SAMPLING_OPTIONS = ("temperature", "top_p", "top_k")
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _sampling_rule(overrides: dict[str, Any]) -> dict[str, Any]:
     """The one rule for do_sample (see the module docstring), applied to the caller's keywords."""
     overrides = dict(overrides)
     temperature = overrides.get("temperature")
-    if _number(temperature) and 0 <= temperature < GREEDY_BELOW:
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and 0 <= temperature < GREEDY_BELOW:
         if overrides.get("do_sample") is True:
             raise GenerationError(
                 f"temperature={temperature} means greedy decoding, but do_sample=True asks for sampling; give a "
@@ -409,7 +405,7 @@ def prefill(
 @torch.inference_mode()
 def decode_one_token(decoder: Decoder, tokens: torch.Tensor, cache: KVCache, backend: Backend) -> torch.Tensor:
     """tokens [B] -> logits of the next position [B, V]; each sequence continues at its own length."""
-    logits = decoder(tokens[:, None], cache, backend)[:, 0]  # [B, V]
+    logits: torch.Tensor = decoder(tokens[:, None], cache, backend)[:, 0]  # [B, V]
     cache.lengths = cache.lengths + 1
     return logits
 

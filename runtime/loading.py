@@ -97,7 +97,7 @@ def _reorder_qkv(tensor: torch.Tensor, layout: CheckpointLayout, arch: Architect
     [q heads | k heads | v heads]: one pass that also converts the dtype (no intermediate copies)."""
     rest = tensor.shape[1:]
     heads, kv, dim = arch.heads, arch.kv_heads, arch.head_dim
-    q_out, k_out, v_out = out.split([heads * dim, kv * dim, kv * dim])
+    q_out, k_out, v_out = torch.split(out, [heads * dim, kv * dim, kv * dim])
     if layout.qkv == "per_head":
         t = tensor.view(heads, 3, dim, *rest)  # [H, 3, D, ...]
         q, k, v = t[:, 0], t[:, 1], t[:, 2]

@@ -111,7 +111,8 @@ class GELUMLP(nn.Module):
         self.down = nn.Linear(arch.ffn_size, arch.hidden_size, bias=arch.bias.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
+        down: torch.Tensor = self.down(F.gelu(self.up(x)))
+        return down
 
 
 class SwiGLUMLP(nn.Module):
@@ -124,7 +125,8 @@ class SwiGLUMLP(nn.Module):
         self.down = nn.Linear(arch.ffn_size, arch.hidden_size, bias=arch.bias.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        down: torch.Tensor = self.down(F.silu(self.gate(x)) * self.up(x))
+        return down
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
@@ -170,7 +172,8 @@ class Attention(nn.Module):
         ctx.cache.write(layer, k, v, ctx.start)
         keys, values = ctx.cache.view(layer, ctx.used)
         out = ctx.backend.attend(q, keys, values, ctx.mask, self.scale)  # [B, T, H, D]
-        return self.out(out.reshape(batch, queries, self.heads * self.head_dim))
+        projected: torch.Tensor = self.out(out.reshape(batch, queries, self.heads * self.head_dim))
+        return projected
 
 
 class Block(nn.Module):
@@ -184,12 +187,14 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
         h = self.attn_norm(x)
-        attended = self.attn(h, ctx, layer)
+        attended: torch.Tensor = self.attn(h, ctx, layer)
         if self.parallel:
-            return x + attended + self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
+            mlp: torch.Tensor = self.mlp(h if self.mlp_norm is None else self.mlp_norm(x))
+            return x + attended + mlp
         x = x + attended
         assert self.mlp_norm is not None  # a sequential block always has its own MLP norm
-        return x + self.mlp(self.mlp_norm(x))
+        mlp_out: torch.Tensor = self.mlp(self.mlp_norm(x))
+        return x + mlp_out
 
 
 class Context:

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -134,7 +134,7 @@ async def _events(ticket: Ticket) -> AsyncIterator[TokenEvent]:
         yield event
 
 
-async def _merged(tickets: list[Ticket]) -> AsyncIterator[tuple[int, TokenEvent]]:
+async def _merged(tickets: list[Ticket]) -> AsyncGenerator[tuple[int, TokenEvent], None]:
     """(choice index, event) from every ticket as they come; each ticket ends with an event with finish_reason."""
     queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 

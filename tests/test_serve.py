@@ -505,9 +505,9 @@ def test_the_cli_the_python_api_and_the_server_apply_one_sampling_rule(served, n
     client = served.client()
     for temperature, seed in ((0.0, None), (0.8, 3)):
         extra = ["--seed", str(seed)] if seed is not None else []
+        flags = ["--json", "--max-new-tokens", "12", "--temperature", str(temperature), *extra]
         cli = subprocess.run(
-            [sys.executable, "-m", "modeldeck.registry.cli", "generate", "tiny-neox", PROMPT, "--json"]
-            + ["--max-new-tokens", "12", "--temperature", str(temperature), *extra],
+            [sys.executable, "-m", "modeldeck.registry.cli", "generate", "tiny-neox", PROMPT, *flags],
             capture_output=True,
             text=True,
             timeout=120,
