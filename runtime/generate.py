@@ -82,24 +82,14 @@ class ContextLengthError(GenerationError):
 # --- options -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Options:
-    """One request's generation options: the card's defaults merged with the caller's keywords, validated."""
+class Options(GenerationDefaults):
+    """One request's generation options: the card's generation defaults (their fields, names and checks) merged with
+    the caller's keywords, plus what only a request has: its seed and all its stop strings (the card's first)."""
 
-    max_new_tokens: int = 256
-    min_new_tokens: int = 0
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    renormalize_logits: bool = False
-    num_return_sequences: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
 
-RUNTIME_OPTIONS = ("seed", "stop")
 SAMPLING_OPTIONS = ("temperature", "top_p", "top_k")
 
 
@@ -127,7 +117,7 @@ def resolve_options(
     card_defaults: GenerationDefaults, card_stop: Collection[str], overrides: Mapping[str, Any]
 ) -> Options:
     """The card's defaults and stop strings, then the caller's keywords: one validated Options."""
-    known = set(GenerationDefaults.model_fields) | set(RUNTIME_OPTIONS)
+    known = set(Options.model_fields)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise GenerationError(
@@ -136,9 +126,16 @@ def resolve_options(
             "unknown_option",
         )
     given = _sampling_rule(dict(overrides))
+    stop = given.get("stop", ())
+    stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise GenerationError("stop must be a non-empty string or a list of non-empty strings", "stop")
+    seed = given.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise GenerationError(f"seed must be an integer, got {seed!r}", "seed")
     merged = card_defaults.model_dump() | {k: v for k, v in given.items() if k in GenerationDefaults.model_fields}
     try:
-        defaults = GenerationDefaults.model_validate(merged)
+        opts = Options.model_validate({**merged, "seed": seed, "stop": (*card_stop, *stop)})
     except ValidationError as exc:
         first = exc.errors()[0]
         reason = first["msg"].removeprefix("Value error, ")
@@ -148,33 +145,14 @@ def resolve_options(
         raise GenerationError(
             f"invalid generation option {option}={first.get('input')!r}: {reason}", str(first["loc"][0])
         ) from None
-    if defaults.num_beams > 1:
+    if opts.num_beams > 1:
         raise GenerationError(
-            f"num_beams={defaults.num_beams}: beam search is not supported by modeldeck's runtime yet; use num_beams=1 "
+            f"num_beams={opts.num_beams}: beam search is not supported by modeldeck's runtime yet; use num_beams=1 "
             "(greedy or sampling)",
             "num_beams",
             "unsupported_option",
         )
-    stop = given.get("stop", ())
-    stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in stop):
-        raise GenerationError("stop must be a non-empty string or a list of non-empty strings", "stop")
-    seed = given.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise GenerationError(f"seed must be an integer, got {seed!r}", "seed")
-    return Options(
-        max_new_tokens=defaults.max_new_tokens,
-        min_new_tokens=defaults.min_new_tokens,
-        do_sample=defaults.do_sample,
-        temperature=defaults.temperature,
-        top_k=defaults.top_k,
-        top_p=defaults.top_p,
-        repetition_penalty=defaults.repetition_penalty,
-        renormalize_logits=defaults.renormalize_logits,
-        num_return_sequences=defaults.num_return_sequences,
-        seed=seed,
-        stop=(*card_stop, *stop),
-    )
+    return opts
 
 
 def check_prompt(ids: list[int], vocab_size: int, context_length: int, max_new_tokens: int) -> None:
