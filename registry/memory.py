@@ -5,7 +5,7 @@ It models this runtime, not a generic transformer, term by term:
     weights      parameters x dtype bytes                         runtime/loading.py (converted once, assign=True)
     KV cache     2 x layers x B x (prompt + new) x kv_heads x head_dim x dtype bytes
                                                                   runtime/model.py KVCache, preallocated by
-                                                                  runtime/generate.py generate_tokens
+                                                                  runtime/generate.py generate
     activations  the largest of three phases of runtime/generate.py:
                  prefill   chunks of `prefill_chunk` queries (ATTENTION_BUDGET), each one forward pass of
                            runtime/model.py: the mask (runtime/attention.py), rotary tables, the residual stream,
