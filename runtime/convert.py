@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeldeck.registry.diagnostics import ModeldeckError
-from modeldeck.runtime.hub import PickleRefusedError
+from modeldeck.registry.weights import PickleRefusedError
 
 __all__ = ["Conversion", "ConvertError", "convert_checkpoint", "pickle_files", "same_bits"]
 

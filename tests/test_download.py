@@ -22,6 +22,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar
 
+import huggingface_hub
 import pytest
 from click.testing import CliRunner
 from huggingface_hub.utils.tqdm import are_progress_bars_disabled
@@ -29,7 +30,6 @@ from huggingface_hub.utils.tqdm import are_progress_bars_disabled
 from modeldeck import registry
 from modeldeck.registry.cli import main
 from modeldeck.registry.weights import UnknownRevisionError
-from modeldeck.runtime import hub
 
 from .conftest import refuse_network
 from .test_hub import CHECKPOINT, add_to_cache, write_checkpoint
@@ -208,7 +208,7 @@ def test_download_passes_patterns_progress_and_force_to_huggingface_hub(
         names = ("config.json", "pytorch_model.bin", "tokenizer.json")
         return str(write_checkpoint(tmp_path / f"snap{len(calls)}", names))
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     runner = CliRunner()
     result = runner.invoke(main, ["download", "astrid-1b", "--allow-pickle", "--force-download"])
     assert result.exit_code == 0, result.output
@@ -237,7 +237,7 @@ def test_download_of_a_bundled_card_prints_the_package_folder(monkeypatch: pytes
     def fail(**kwargs: object) -> str:
         raise AssertionError(f"snapshot_download must not be called: {kwargs}")
 
-    monkeypatch.setattr(hub, "snapshot_download", fail)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
     result = CliRunner().invoke(main, ["download", "tiny-neox"])
     assert result.exit_code == 0, result.output
     folder = Path(result.stdout.strip())
@@ -261,8 +261,8 @@ def test_runtime_load_resolves_a_listed_revision_through_the_same_path(
     add_to_cache(home, ckpt.card.source.repo, "step3000", COMMIT_STEP3000, source=ckpt.directory)
 
     seen: list[str] = []
-    real = hub.snapshot_download
-    monkeypatch.setattr(hub, "snapshot_download", lambda **kw: seen.append(kw["revision"]) or real(**kw))
+    real = huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: seen.append(kw["revision"]) or real(**kw))
     model = runtime.load(ckpt.card, revision="step3000", device="cpu")
     assert seen == ["step3000"]
     assert model.generate("Hello", max_new_tokens=3).text == (

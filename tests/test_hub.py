@@ -1,4 +1,4 @@
-"""modeldeck.runtime.hub: finding a card's checkpoint in a folder, a package, or the Hugging Face cache, offline.
+"""modeldeck.registry.weights: finding a card's checkpoint in a folder, a package, or the Hugging Face cache, offline.
 
 No test touches the network: every socket connect raises. The hub cache is built by hand under tmp_path in the
 layout huggingface_hub writes (refs/, snapshots/ with symlinks into blobs/).
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import huggingface_hub
 import huggingface_hub.constants
 import numpy as np
 import pytest
@@ -23,10 +24,10 @@ from huggingface_hub.utils.tqdm import are_progress_bars_disabled
 from safetensors.numpy import save_file
 
 from modeldeck import registry
+from modeldeck.registry import weights
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import Card
-from modeldeck.runtime import hub
-from modeldeck.runtime.hub import (
+from modeldeck.registry.weights import (
     HubError,
     PickleRefusedError,
     UnknownRevisionError,
@@ -112,7 +113,7 @@ def no_hub_call(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(**kwargs: object) -> str:
         raise AssertionError(f"snapshot_download must not be called: {kwargs}")
 
-    monkeypatch.setattr(hub, "snapshot_download", fail)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
 
 
 # --- the hub cache, offline ------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_download_asks_only_for_the_files_the_card_needs(monkeypatch: pytest.Mon
         calls.append({**kwargs, "bars_disabled": are_progress_bars_disabled()})
         return str(write_checkpoint(tmp_path / "snap"))
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     disabled_before = are_progress_bars_disabled()
     resolve_weights(registry.get(PYTHIA), revision="main", progress=False)
     resolve_weights(registry.get("astrid-1b"), allow_pickle=True)
@@ -166,7 +167,7 @@ def test_download_asks_only_for_the_files_the_card_needs(monkeypatch: pytest.Mon
     pythia, astrid = calls
     assert pythia["repo_id"] == "EleutherAI/pythia-1.4b" and pythia["revision"] == "main"
     assert set(pythia["allow_patterns"]) == {
-        *hub.SAFETENSORS,
+        *weights.SAFETENSORS,
         *("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json"),
         "tokenizer.json",  # the card's tokenizer.files
     }
@@ -190,7 +191,7 @@ def test_hub_errors_become_modeldeck_errors(
     def fake_download(**kwargs: object) -> str:
         raise error("upstream message", response=SimpleNamespace(headers={}, request=None))
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     with pytest.raises(HubError, match=expected):
         resolve_weights(registry.get(PYTHIA), revision="step1000")
 
