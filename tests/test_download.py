@@ -31,7 +31,7 @@ from modeldeck import registry
 from modeldeck.registry.cli import main
 from modeldeck.registry.weights import UnknownRevisionError
 
-from .conftest import refuse_network
+from .conftest import refuse_network, run_python_without
 from .test_hub import CHECKPOINT, add_to_cache, write_checkpoint
 
 
@@ -193,6 +193,37 @@ def test_download_verify_and_verify_check_the_cached_snapshot(
     missing = offline("verify", "pinned-pythia", "--revision", "step3000")
     assert missing.returncode == 1
     assert "pins the files of revision main = step143000 only, not 'step3000'" in missing.stderr
+
+
+def test_download_and_verify_run_without_torch(tmp_path: Path) -> None:
+    """`download --help`, `verify` of the bundled card and `download` from the offline cache, with torch (and the
+    other runtime packages) unavailable and every connection refused."""
+    home = tmp_path / "hf"
+    (home / "hub").mkdir(parents=True)
+    snapshot = add_to_cache(home, "EleutherAI/pythia-1.4b", "main", COMMIT_MAIN)
+    netlog = tmp_path / "network.log"
+    environment = f"""
+import os
+for name in ("HF_HUB_CACHE", "HF_TOKEN", "HF_TOKEN_PATH", "MODELDECK_DEBUG"):
+    os.environ.pop(name, None)
+os.environ.update(HF_HOME={str(home)!r}, HF_HUB_OFFLINE="1", MODELDECK_TEST_NETLOG={str(netlog)!r})
+"""
+    commands = """
+from modeldeck.registry import cli
+for args in (["download", "--help"], ["verify", "tiny-neox"], ["download", "pythia-1.4b"]):
+    try:
+        cli.main(args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), (args, exc.code)
+print("done")
+"""
+    result = run_python_without(("torch", "transformers", "safetensors", "tokenizers"), environment + GUARD + commands)
+    assert result.returncode == 0, result.stderr
+    assert not netlog.exists(), netlog.read_text()
+    assert result.stdout.startswith("Usage: ") and "Download the files card NAME needs" in result.stdout
+    assert "3 of 3 files ok" in result.stdout
+    assert f"{snapshot}\ndone\n" in result.stdout
+    assert "EleutherAI/pythia-1.4b@main (card pythia-1.4b): the files it needs" in result.stderr
 
 
 # --- in-process: what reaches huggingface_hub ------------------------------------------------------

@@ -311,3 +311,53 @@ def test_runtime_load_reads_the_offline_cache(hf_home: Path, tiny_checkpoint: An
     model = runtime.load(ckpt.card, device="cpu")
     reference = runtime.load(ckpt.card, weights=ckpt.directory, device="cpu")
     assert model.generate("Hello", max_new_tokens=4).text == reference.generate("Hello", max_new_tokens=4).text
+
+
+# --- a revision on a card without revisions; options spelled the caller's way ----------------------
+
+
+@pytest.mark.usefixtures("no_hub_call")
+def test_a_revision_on_a_card_without_revisions_is_refused() -> None:
+    card = registry.get("tiny-neox")  # bundled, lists no revisions
+    assert resolve_weights(card, revision="main") == resolve_weights(card)  # its own revision
+    with pytest.raises(UnknownRevisionError) as info:
+        resolve_weights(card, revision="foo")
+    assert str(info.value) == (
+        "card tiny-neox lists no revisions: only its own revision ('main') can be used, not 'foo'; leave out "
+        "revision=foo (its weights ship in modeldeck.cards:tiny-neox)"
+    )
+
+
+def test_runtime_load_refuses_a_revision_the_card_does_not_list() -> None:
+    pytest.importorskip("torch")
+    from modeldeck import runtime
+
+    with pytest.raises(UnknownRevisionError, match=r"card tiny-neox lists no revisions: .* not 'foo'"):
+        runtime.load("tiny-neox", revision="foo", device="cpu")
+
+
+def test_errors_say_options_the_callers_way(tmp_path: Path, run_cli: Any) -> None:
+    """The same error names `weights=DIR` / `allow_pickle=True` in Python and `--weights DIR` / `--allow-pickle` on
+    the command line."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(WeightsNotFoundError) as python:
+        resolve_weights(registry.get("tiny-neox"), weights=missing)
+    assert f"weights folder {missing} does not exist; pass weights=DIR naming a folder" in str(python.value)
+    assert "--weights" not in str(python.value)
+    cli = run_cli("verify", "tiny-neox", "--weights", str(missing))
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert f"error: weights folder {missing} does not exist; pass --weights DIR naming a folder" in cli.stderr
+    assert "weights=" not in cli.stderr
+
+    pickles = write_checkpoint(tmp_path / "pickles", ("config.json", "pytorch_model.bin", "tokenizer.json"))
+    with pytest.raises(PickleRefusedError) as python:
+        resolve_weights(registry.get("astrid-1b"), weights=pickles)
+    message = str(python.value)
+    assert "Pass allow_pickle=True if you trust it" in message and "then load OUT with weights=OUT" in message
+    assert "--allow-pickle if" not in message and "--weights" not in message
+    pytest.importorskip("torch")
+    cli = run_cli("generate", "astrid-1b", "Hi", "--weights", str(pickles))
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert "holds only pickle checkpoints (pytorch_model.bin)" in cli.stderr
+    assert "Pass --allow-pickle if you trust it" in cli.stderr and "then load OUT with --weights OUT" in cli.stderr
+    assert "allow_pickle" not in cli.stderr and "weights=" not in cli.stderr
