@@ -27,7 +27,7 @@ from pathlib import Path
 
 from modeldeck import registry
 from modeldeck.registry.checkpoint import read_checkpoint
-from modeldeck.registry.cli_checkpoint import inspect_json, weights_diagnostics
+from modeldeck.registry.cli.checkpoint import inspect_json, weights_diagnostics
 
 SHAPE = {"layers": 32, "hidden": 2560, "heads": 32, "ffn": 10240, "vocab": 50304, "context": 2048}
 CARD = "pythia-2.8b"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modeldeck.registry.decoder import ALIBI_SLOPES, Dim, concrete_tensors, qkv_parts, shape
-from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.diagnostics import ModeldeckError, spell
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.params import count_parameters
 from modeldeck.registry.schema import Architecture, Card
@@ -173,7 +173,7 @@ def _weight_files(directory: Path, allow_pickle: bool) -> tuple[list[Path], str 
             [f"no *.safetensors files, only pickle checkpoints: {', '.join(bins)}"],
             "a pickle cannot be inspected or checked without unpickling it, which can run arbitrary code: if you "
             f"trust it, convert it to safetensors with `modeldeck convert {directory} --allow-pickle` "
-            "(or load it with allow_pickle=True)",
+            f"(or load it with {spell('allow_pickle')})",
         )
     listing = ", ".join(sorted(p.name for p in directory.iterdir())) if directory.is_dir() else "not a folder"
     raise _unreadable(

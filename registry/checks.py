@@ -182,9 +182,16 @@ def check_tokenizer(card: Card, directory: Path, where: str) -> list[Diagnostic]
     def problem(message: str, field: str, hint: str | None = None) -> None:
         found.append(Diagnostic("error", f"{message} (tokenizer {path})", where, field=field, hint=hint))
 
+    fields = _special_token_fields(card)
     for text, token_id in card.tokenizer.declared_special().items():
         actual = tokenizer.token_to_id(text)
-        if actual != token_id:
+        if actual is None:
+            problem(
+                f"special token {text!r} ({fields[text]}, id {token_id}) is not in the tokenizer's vocabulary",
+                "tokenizer",
+                hint="check the token's text in the card, or give the tokenizer this card is for",
+            )
+        elif actual != token_id:
             problem(f"special token {text!r} is id {actual} in the tokenizer, the card says {token_id}", "tokenizer")
         elif token_id not in special_ids:
             problem(f"{text!r} (id {token_id}) is not a special token in the tokenizer", "tokenizer")
@@ -218,3 +225,17 @@ def check_tokenizer(card: Card, directory: Path, where: str) -> list[Diagnostic]
             "architecture.vocab_size",
         )
     return found
+
+
+def _special_token_fields(card: Card) -> dict[str, str]:
+    """Each special token's text -> the card field that first declares it (tokenizer.eos, tokenizer.special_tokens[2])."""
+    tok = card.tokenizer
+    named = [
+        (f"tokenizer.{role}", t) for role, t in (("bos", tok.bos), ("eos", tok.eos), ("pad", tok.pad), ("unk", tok.unk))
+    ]
+    listed = [(f"tokenizer.special_tokens[{i}]", t) for i, t in enumerate(tok.special_tokens)]
+    fields: dict[str, str] = {}
+    for field, token in [*named, *listed]:
+        if token is not None:
+            fields.setdefault(token.text, field)
+    return fields

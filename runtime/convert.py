@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from modeldeck.registry.checkpoint import natural_key
 from modeldeck.registry.diagnostics import ModeldeckError
-from modeldeck.runtime.hub import PickleRefusedError
+from modeldeck.registry.weights import PickleRefusedError
 
 __all__ = ["Conversion", "ConvertError", "convert_checkpoint", "pickle_files", "read_pickle", "same_bits"]
 

@@ -229,7 +229,7 @@ def load(
     reg = registry.default()
     resolved = reg.get(card) if isinstance(card, str) else reg.resolve_card(card, f"card {card.id!r}")
     layout = reg.checkpoint_layouts()[resolved.architecture.checkpoint_layout]
-    from modeldeck.runtime.hub import resolve_weights
+    from modeldeck.registry.weights import resolve_weights
 
     if verify:
         require_pins(resolved, revision)  # before any download: a card without pins cannot be verified

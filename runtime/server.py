@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import math
+import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -426,9 +427,11 @@ def serve(
     served_name: str | None = None,
     shutdown_timeout: float = 30.0,
     log_level: str = "info",
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Serve `model` until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout` seconds to finish."""
+    """Serve `model` until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout` seconds to finish. `sockets`:
+    sockets already bound (and listening) to serve on instead of binding host:port."""
     app = create_app(
         model, max_batch=max_batch, max_queue=max_queue, served_name=served_name, drain_timeout=shutdown_timeout
     )
-    make_server(app, host, port, shutdown_timeout, log_level=log_level).run()
+    make_server(app, host, port, shutdown_timeout, log_level=log_level).run(sockets=sockets)

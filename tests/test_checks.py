@@ -128,8 +128,10 @@ def test_marker_claimed_special_that_the_tokenizer_splits(reference, card_data):
     found = check_tokenizer(card, folder, "x")
     assert [(d.severity, d.field) for d in found] == [("error", "tokenizer"), ("error", "tokenizer.markers[0]")]
     assert found[0].message == (
-        f"special token '<|prompt|>' is id None in the tokenizer, the card says 50280 (tokenizer {folder / 'tokenizer.json'})"
+        "special token '<|prompt|>' (tokenizer.special_tokens[0], id 50280) is not in the tokenizer's vocabulary "
+        f"(tokenizer {folder / 'tokenizer.json'})"
     )
+    assert found[0].hint == "check the token's text in the card, or give the tokenizer this card is for"
     assert found[1].message.startswith(
         "special marker '<|prompt|>' encodes to [29, 93, 43274, 49651], not to one special token"
     )

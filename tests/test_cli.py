@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
 
 import pytest
 import yaml
@@ -247,3 +254,187 @@ def test_chat_in_the_terminal(run_cli, demo_text):
     assert result.returncode == 0, result.stderr
     assert "single-turn format" in result.stderr
     assert demo_text in result.stdout
+
+
+def test_python_dash_m_runs_the_command_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "modeldeck.registry.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: ") and "validate" in result.stdout and "serve" in result.stdout
+
+
+def test_validate_counts_an_invalid_card_file_as_checked(run_cli, tmp_path, card_data):
+    data = card_data("astrid-1b")
+    data["architecture"]["colour"] = "blue"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert "1 card(s) checked: invalid (1 error(s), 0 warning(s))" in result.stdout
+    several = run_cli("validate", str(path), "pythia-1.4b", "no-such-card")
+    assert several.returncode == 1
+    assert "3 card(s) checked: invalid (2 error(s), 0 warning(s))" in several.stdout
+    assert "no-such-card: error: No card named 'no-such-card'." in several.stderr
+    report = json.loads(run_cli("validate", str(path), "--format", "json").stdout)
+    assert report["cards"] == [str(path)] and report["ok"] is False
+
+
+# --- --revision on a card that lists no revisions --------------------------------------------------
+
+NO_REVISIONS = (
+    "error: card tiny-neox lists no revisions: only its own revision ('main') can be used, not 'foo'; leave out "
+    "--revision foo (its weights ship in modeldeck.cards:tiny-neox)"
+)
+
+
+def test_a_revision_the_card_does_not_list_is_an_error_on_the_command_line(run_cli):
+    refused = run_cli("download", "tiny-neox", "--revision", "foo")
+    assert refused.returncode == 1 and refused.stdout == ""
+    no_traceback(refused)
+    assert NO_REVISIONS in refused.stderr
+    assert run_cli("download", "tiny-neox", "--revision", "main").returncode == 0  # its own revision
+    hub_card = run_cli("download", "aira-2-1b1", "--revision", "foo")
+    assert hub_card.returncode == 1
+    assert "error: card aira-2-1b1 lists no revisions: only its own revision ('main') can be used" in hub_card.stderr
+    assert "to use another revision of nicholasKluge/Aira-2-1B1, list it in the card's source.revisions" in (
+        hub_card.stderr
+    )
+
+
+def test_generate_with_a_revision_the_bundled_card_does_not_list(run_cli):
+    pytest.importorskip("torch")
+    result = run_cli("generate", "tiny-neox", "x", "--revision", "foo")
+    assert result.returncode == 1 and result.stdout == ""
+    no_traceback(result)
+    assert NO_REVISIONS in result.stderr
+
+
+# --- chat: Ctrl-C, /reset, /help -------------------------------------------------------------------
+
+
+class FakeChatModel:
+    """A multi-turn model whose first answer is stopped by Ctrl-C after "Hello"; it records what it was sent."""
+
+    def __init__(self) -> None:
+        self.card = types.SimpleNamespace(id="fake", name="fake chat", format=types.SimpleNamespace(multi_turn=True))
+        self.sent: list[list[dict[str, str]]] = []
+
+    def stream(self, conversation, system=None, **options):
+        self.sent.append([dict(m) for m in conversation])
+        yield "Hel"
+        yield "lo"
+        if len(self.sent) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while the first answer is written
+        yield "!"
+
+
+def test_chat_ctrl_c_stops_the_answer_and_keeps_the_session(monkeypatch):
+    from click.testing import CliRunner
+
+    from modeldeck.registry.cli import main
+
+    model = FakeChatModel()
+    monkeypatch.setattr("modeldeck.registry.cli.run.load_model", lambda name, options: model)
+    typed = ["Hi", "/help", "More", "/reset", "Again", KeyboardInterrupt]  # then Ctrl-C at the prompt
+
+    def fake_input(prompt: str = "") -> str:
+        line = typed.pop(0)
+        if line is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    result = CliRunner().invoke(main, ["chat", "tiny-neox"])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert not typed
+    user = lambda text: {"role": "user", "content": text}  # noqa: E731
+    assert model.sent == [
+        [user("Hi")],
+        [user("Hi"), {"role": "assistant", "content": "Hello"}, user("More")],  # the stopped answer stays
+        [user("Again")],  # after /reset
+    ]
+    assert result.stdout == "Hello\nHello!\nHello!\n\n"
+    assert "(answer stopped; what was written stays in the conversation (/reset forgets it))" in result.stderr
+    assert "/reset         forget the conversation" in result.stderr and "/help          this list" in result.stderr
+    assert "conversation forgotten: the next message starts a new one" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+SLOW_CHAT = """
+import sys, time
+from modeldeck.runtime import engine
+
+answers = []
+real_stream = engine.Model.stream
+
+
+def stream(self, *args, **kwargs):
+    answers.append(None)
+    for piece in real_stream(self, *args, **kwargs):
+        if len(answers) == 1:
+            time.sleep(0.05)  # the first answer comes slowly: Ctrl-C arrives while it is written
+        yield piece
+
+
+engine.Model.stream = stream
+from modeldeck.registry.cli import main
+
+main(["chat", "tiny-neox"])
+"""
+
+
+def test_chat_ctrl_c_in_a_real_terminal_session(demo_text):
+    """SIGINT to a real `modeldeck chat` process mid-answer stops the answer; the next message is answered; SIGINT
+    at the prompt ends the chat without a traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "MODELDECK_DEBUG"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CHAT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    out, err = bytearray(), bytearray()
+    readers = [
+        threading.Thread(target=lambda: _drain(process.stdout, out), daemon=True),
+        threading.Thread(target=lambda: _drain(process.stderr, err), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+
+    def wait_for(condition, what: str) -> None:
+        deadline = time.monotonic() + 90
+        while not condition():
+            assert process.poll() is None and time.monotonic() < deadline, f"waiting for {what}: {bytes(err)!r}"
+            time.sleep(0.05)
+
+    try:
+        process.stdin.write(b"The for statement\n")
+        process.stdin.flush()
+        wait_for(lambda: len(out) > len("> ") + 20, "the first answer")
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: b"(answer stopped" in err, "the stop note")
+        process.stdin.write(b"The for statement\n")
+        process.stdin.flush()
+        wait_for(lambda: out.count(b"> ") >= 3 and out.endswith(b"> "), "the second answer and the prompt")
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for reader in readers:
+        reader.join(10)
+    text, log = out.decode(), err.decode()
+    assert code in (0, 130), log
+    assert "Traceback" not in log and "internal error" not in log
+    first, second = text.split("> ")[1:3]
+    assert first.endswith("\n") and 20 <= len(first) - 1 < len(demo_text) and demo_text.startswith(first[:-1])
+    assert second == demo_text + "\n"  # the session went on: the next message was answered in full
+
+
+def _drain(stream, into: bytearray) -> None:
+    while chunk := os.read(stream.fileno(), 4096):
+        into += chunk

@@ -21,8 +21,8 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from modeldeck import runtime  # noqa: E402
+from modeldeck.registry.weights import PickleRefusedError  # noqa: E402
 from modeldeck.runtime.convert import ConvertError, convert_checkpoint, same_bits  # noqa: E402
-from modeldeck.runtime.hub import PickleRefusedError  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
 TOKENS = ((25, 300, 7, 4096, 11), (9, 8, 7, 6, 5))

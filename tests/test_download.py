@@ -22,6 +22,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar
 
+import huggingface_hub
 import pytest
 from click.testing import CliRunner
 from huggingface_hub.utils.tqdm import are_progress_bars_disabled
@@ -29,9 +30,8 @@ from huggingface_hub.utils.tqdm import are_progress_bars_disabled
 from modeldeck import registry
 from modeldeck.registry.cli import main
 from modeldeck.registry.weights import UnknownRevisionError
-from modeldeck.runtime import hub
 
-from .conftest import refuse_network
+from .conftest import refuse_network, run_python_without
 from .test_hub import CHECKPOINT, add_to_cache, write_checkpoint
 
 
@@ -195,6 +195,37 @@ def test_download_verify_and_verify_check_the_cached_snapshot(
     assert "pins the files of revision main = step143000 only, not 'step3000'" in missing.stderr
 
 
+def test_download_and_verify_run_without_torch(tmp_path: Path) -> None:
+    """`download --help`, `verify` of the bundled card and `download` from the offline cache, with torch (and the
+    other runtime packages) unavailable and every connection refused."""
+    home = tmp_path / "hf"
+    (home / "hub").mkdir(parents=True)
+    snapshot = add_to_cache(home, "EleutherAI/pythia-1.4b", "main", COMMIT_MAIN)
+    netlog = tmp_path / "network.log"
+    environment = f"""
+import os
+for name in ("HF_HUB_CACHE", "HF_TOKEN", "HF_TOKEN_PATH", "MODELDECK_DEBUG"):
+    os.environ.pop(name, None)
+os.environ.update(HF_HOME={str(home)!r}, HF_HUB_OFFLINE="1", MODELDECK_TEST_NETLOG={str(netlog)!r})
+"""
+    commands = """
+from modeldeck.registry import cli
+for args in (["download", "--help"], ["verify", "tiny-neox"], ["download", "pythia-1.4b"]):
+    try:
+        cli.main(args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), (args, exc.code)
+print("done")
+"""
+    result = run_python_without(("torch", "transformers", "safetensors", "tokenizers"), environment + GUARD + commands)
+    assert result.returncode == 0, result.stderr
+    assert not netlog.exists(), netlog.read_text()
+    assert result.stdout.startswith("Usage: ") and "Download the files card NAME needs" in result.stdout
+    assert "3 of 3 files ok" in result.stdout
+    assert f"{snapshot}\ndone\n" in result.stdout
+    assert "EleutherAI/pythia-1.4b@main (card pythia-1.4b): the files it needs" in result.stderr
+
+
 # --- in-process: what reaches huggingface_hub ------------------------------------------------------
 
 
@@ -208,7 +239,7 @@ def test_download_passes_patterns_progress_and_force_to_huggingface_hub(
         names = ("config.json", "pytorch_model.bin", "tokenizer.json")
         return str(write_checkpoint(tmp_path / f"snap{len(calls)}", names))
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     runner = CliRunner()
     result = runner.invoke(main, ["download", "astrid-1b", "--allow-pickle", "--force-download"])
     assert result.exit_code == 0, result.output
@@ -237,7 +268,7 @@ def test_download_of_a_bundled_card_prints_the_package_folder(monkeypatch: pytes
     def fail(**kwargs: object) -> str:
         raise AssertionError(f"snapshot_download must not be called: {kwargs}")
 
-    monkeypatch.setattr(hub, "snapshot_download", fail)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
     result = CliRunner().invoke(main, ["download", "tiny-neox"])
     assert result.exit_code == 0, result.output
     folder = Path(result.stdout.strip())
@@ -261,8 +292,8 @@ def test_runtime_load_resolves_a_listed_revision_through_the_same_path(
     add_to_cache(home, ckpt.card.source.repo, "step3000", COMMIT_STEP3000, source=ckpt.directory)
 
     seen: list[str] = []
-    real = hub.snapshot_download
-    monkeypatch.setattr(hub, "snapshot_download", lambda **kw: seen.append(kw["revision"]) or real(**kw))
+    real = huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: seen.append(kw["revision"]) or real(**kw))
     model = runtime.load(ckpt.card, revision="step3000", device="cpu")
     assert seen == ["step3000"]
     assert model.generate("Hello", max_new_tokens=3).text == (

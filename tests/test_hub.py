@@ -1,4 +1,4 @@
-"""modeldeck.runtime.hub: finding a card's checkpoint in a folder, a package, or the Hugging Face cache, offline.
+"""modeldeck.registry.weights: finding a card's checkpoint in a folder, a package, or the Hugging Face cache, offline.
 
 No test touches the network: every socket connect raises. The hub cache is built by hand under tmp_path in the
 layout huggingface_hub writes (refs/, snapshots/ with symlinks into blobs/).
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import huggingface_hub
 import huggingface_hub.constants
 import numpy as np
 import pytest
@@ -23,10 +24,10 @@ from huggingface_hub.utils.tqdm import are_progress_bars_disabled
 from safetensors.numpy import save_file
 
 from modeldeck import registry
+from modeldeck.registry import weights
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import Card
-from modeldeck.runtime import hub
-from modeldeck.runtime.hub import (
+from modeldeck.registry.weights import (
     HubError,
     PickleRefusedError,
     UnknownRevisionError,
@@ -112,7 +113,7 @@ def no_hub_call(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(**kwargs: object) -> str:
         raise AssertionError(f"snapshot_download must not be called: {kwargs}")
 
-    monkeypatch.setattr(hub, "snapshot_download", fail)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
 
 
 # --- the hub cache, offline ------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_download_asks_only_for_the_files_the_card_needs(monkeypatch: pytest.Mon
         calls.append({**kwargs, "bars_disabled": are_progress_bars_disabled()})
         return str(write_checkpoint(tmp_path / "snap"))
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     disabled_before = are_progress_bars_disabled()
     resolve_weights(registry.get(PYTHIA), revision="main", progress=False)
     resolve_weights(registry.get("astrid-1b"), allow_pickle=True)
@@ -166,7 +167,7 @@ def test_download_asks_only_for_the_files_the_card_needs(monkeypatch: pytest.Mon
     pythia, astrid = calls
     assert pythia["repo_id"] == "EleutherAI/pythia-1.4b" and pythia["revision"] == "main"
     assert set(pythia["allow_patterns"]) == {
-        *hub.SAFETENSORS,
+        *weights.SAFETENSORS,
         *("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json"),
         "tokenizer.json",  # the card's tokenizer.files
     }
@@ -190,7 +191,7 @@ def test_hub_errors_become_modeldeck_errors(
     def fake_download(**kwargs: object) -> str:
         raise error("upstream message", response=SimpleNamespace(headers={}, request=None))
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     with pytest.raises(HubError, match=expected):
         resolve_weights(registry.get(PYTHIA), revision="step1000")
 
@@ -310,3 +311,53 @@ def test_runtime_load_reads_the_offline_cache(hf_home: Path, tiny_checkpoint: An
     model = runtime.load(ckpt.card, device="cpu")
     reference = runtime.load(ckpt.card, weights=ckpt.directory, device="cpu")
     assert model.generate("Hello", max_new_tokens=4).text == reference.generate("Hello", max_new_tokens=4).text
+
+
+# --- a revision on a card without revisions; options spelled the caller's way ----------------------
+
+
+@pytest.mark.usefixtures("no_hub_call")
+def test_a_revision_on_a_card_without_revisions_is_refused() -> None:
+    card = registry.get("tiny-neox")  # bundled, lists no revisions
+    assert resolve_weights(card, revision="main") == resolve_weights(card)  # its own revision
+    with pytest.raises(UnknownRevisionError) as info:
+        resolve_weights(card, revision="foo")
+    assert str(info.value) == (
+        "card tiny-neox lists no revisions: only its own revision ('main') can be used, not 'foo'; leave out "
+        "revision=foo (its weights ship in modeldeck.cards:tiny-neox)"
+    )
+
+
+def test_runtime_load_refuses_a_revision_the_card_does_not_list() -> None:
+    pytest.importorskip("torch")
+    from modeldeck import runtime
+
+    with pytest.raises(UnknownRevisionError, match=r"card tiny-neox lists no revisions: .* not 'foo'"):
+        runtime.load("tiny-neox", revision="foo", device="cpu")
+
+
+def test_errors_say_options_the_callers_way(tmp_path: Path, run_cli: Any) -> None:
+    """The same error names `weights=DIR` / `allow_pickle=True` in Python and `--weights DIR` / `--allow-pickle` on
+    the command line."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(WeightsNotFoundError) as python:
+        resolve_weights(registry.get("tiny-neox"), weights=missing)
+    assert f"weights folder {missing} does not exist; pass weights=DIR naming a folder" in str(python.value)
+    assert "--weights" not in str(python.value)
+    cli = run_cli("verify", "tiny-neox", "--weights", str(missing))
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert f"error: weights folder {missing} does not exist; pass --weights DIR naming a folder" in cli.stderr
+    assert "weights=" not in cli.stderr
+
+    pickles = write_checkpoint(tmp_path / "pickles", ("config.json", "pytorch_model.bin", "tokenizer.json"))
+    with pytest.raises(PickleRefusedError) as python:
+        resolve_weights(registry.get("astrid-1b"), weights=pickles)
+    message = str(python.value)
+    assert "Pass allow_pickle=True if you trust it" in message and "then load OUT with weights=OUT" in message
+    assert "--allow-pickle if" not in message and "--weights" not in message
+    pytest.importorskip("torch")
+    cli = run_cli("generate", "astrid-1b", "Hi", "--weights", str(pickles))
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert "holds only pickle checkpoints (pytorch_model.bin)" in cli.stderr
+    assert "Pass --allow-pickle if you trust it" in cli.stderr and "then load OUT with --weights OUT" in cli.stderr
+    assert "allow_pickle" not in cli.stderr and "weights=" not in cli.stderr

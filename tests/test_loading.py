@@ -13,7 +13,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from modeldeck import registry, runtime  # noqa: E402
 from modeldeck.registry.diagnostics import ModeldeckError  # noqa: E402
-from modeldeck.runtime.hub import PickleRefusedError  # noqa: E402
+from modeldeck.registry.weights import PickleRefusedError  # noqa: E402
 from modeldeck.runtime.loading import CheckpointError  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 

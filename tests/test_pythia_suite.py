@@ -282,9 +282,8 @@ def test_cli_lists_and_validates_the_suite(run_cli):
 
 
 def test_runtime_resolves_listed_revisions_only(monkeypatch, tmp_path):
-    pytest.importorskip("huggingface_hub")
-    from modeldeck.runtime import hub
-    from modeldeck.runtime.hub import UnknownRevisionError, resolve_weights
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from modeldeck.registry.weights import UnknownRevisionError, resolve_weights
 
     calls: list[dict[str, Any]] = []
 
@@ -296,7 +295,7 @@ def test_runtime_resolves_listed_revisions_only(monkeypatch, tmp_path):
             (folder / name).write_text("{}")
         return str(folder)
 
-    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     card = registry.get("pythia-70m-deduped")
     assert resolve_weights(card, revision="step3000", progress=False) == tmp_path / "step3000"
     assert (calls[0]["repo_id"], calls[0]["revision"]) == ("EleutherAI/pythia-70m-deduped", "step3000")

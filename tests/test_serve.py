@@ -521,3 +521,16 @@ def test_the_cli_the_python_api_and_the_server_apply_one_sampling_rule(served, n
         assert by_cli == by_server.choices[0].text == neox.generate(PROMPT, **options).text
     greedy = neox.generate(PROMPT, max_new_tokens=12).text
     assert by_cli != greedy  # the last round sampled (temperature 0.8 without --do-sample)
+
+
+def test_modeldeck_serve_on_a_busy_port(run_cli):
+    """The port is bound before the model is loaded and before anything is announced: a busy port is one error."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "tiny-neox", "--port", str(port))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "serving" not in result.stderr and "Uvicorn running" not in result.stderr
+    assert result.stderr.startswith(f"error: port {port} on 127.0.0.1 is already in use")
+    assert "choose another port with --port (--port 0 takes any free one)" in result.stderr

@@ -20,7 +20,8 @@ from modeldeck.registry.checkpoint import (
     mismatch_hint,
     read_checkpoint,
 )
-from modeldeck.registry.cli_common import out, report_errors
+from modeldeck.registry.cli.common import out, report_errors
+from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.diagnostics import Diagnostic
 from modeldeck.registry.schema import Card
 
@@ -58,12 +59,6 @@ def weights_diagnostics(reg: Registry, card: Card, directory: Path) -> list[Diag
             )
         )
     return found
-
-
-def _human(size: int) -> str:
-    """Bytes in decimal units, as hubs and `ls -h --si` show them."""
-    power = min(len(str(size)) - 1, 12) // 3
-    return f"{size} B" if power == 0 else f"{size / 1000**power:.1f} {('kB', 'MB', 'GB', 'TB')[power - 1]}"
 
 
 def inspect_json(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -121,7 +116,7 @@ def inspect_checkpoint(directory: Path, as_json: bool) -> None:
     if sharded:
         table.add_column("file")
     for t in checkpoint.tensors.values():
-        row = [t.name, t.dtype, str(list(t.shape)), f"{t.numel:,}", _human(t.nbytes)]
+        row = [t.name, t.dtype, str(list(t.shape)), f"{t.numel:,}", human_bytes(t.nbytes)]
         table.add_row(*row, *([t.file.name] if sharded else []))
     out.print(table)
     dtypes = ", ".join(f"{dtype} {count:,}" for dtype, count in sorted(checkpoint.dtypes().items()))
@@ -129,7 +124,7 @@ def inspect_checkpoint(directory: Path, as_json: bool) -> None:
     where += f" ({checkpoint.index.name})" if checkpoint.index else ""
     out.print(
         f"{len(checkpoint.tensors)} tensors, {checkpoint.parameters:,} parameters ({dtypes}), "
-        f"{_human(checkpoint.nbytes)} in {where}",
+        f"{human_bytes(checkpoint.nbytes)} in {where}",
         markup=False,
         soft_wrap=True,
     )

@@ -8,19 +8,13 @@ from typing import Any
 import click
 
 from modeldeck.registry import memory
-from modeldeck.registry.cli_common import load_registry, out, report_errors
+from modeldeck.registry.cli.common import load_registry, out, report_errors
+from modeldeck.registry.cli.display import human_bytes
+from modeldeck.registry.decoder import BACKENDS, DTYPES
 
 __all__ = ["COMMANDS"]
 
-_DTYPES = click.Choice(list(memory.DTYPE_BYTES))
-
-
-def _size(n: int) -> str:
-    """Decimal units, as device memory is quoted: 82.61 GB, 7.6 MB."""
-    for unit, scale, digits in (("GB", 10**9, 2), ("MB", 10**6, 1), ("kB", 10**3, 1)):
-        if n >= scale:
-            return f"{n / scale:,.{digits}f} {unit}"
-    return f"{n} bytes"
+_DTYPES = click.Choice(DTYPES)
 
 
 @click.command("memory")
@@ -39,7 +33,7 @@ def _size(n: int) -> str:
 )
 @click.option(
     "--attention",
-    type=click.Choice(["auto", "sdpa", "eager", "xformers"]),
+    type=click.Choice(BACKENDS),
     default="auto",
     show_default=True,
     help="Attention backend (auto: xformers for float16/bfloat16 on cuda, else sdpa).",
@@ -107,19 +101,19 @@ def _print(plan: memory.Estimate, report: dict[str, Any]) -> None:
         f"= prompt {s.prompt:,} + {s.new_tokens:,} new tokens",
     ]
     for term in (plan.weights, plan.mapped, plan.kv_cache, plan.activations):
-        lines.append(f"{term.name:<12} {_size(term.bytes):>12}  {term.formula}")
+        lines.append(f"{term.name:<12} {human_bytes(term.bytes):>12}  {term.formula}")
         lines.append(f"{'':<12} {'':>12}  ({term.source})")
     lines.append(
-        f"{'total':<12} {_size(plan.total):>12}  max(running {_size(plan.running)}: weights + mapped file + KV cache + "
-        f"activations; loading {_size(plan.loading.bytes)}: {plan.loading.formula})"
+        f"{'total':<12} {human_bytes(plan.total):>12}  max(running {human_bytes(plan.running)}: weights + mapped file + KV cache + "
+        f"activations; loading {human_bytes(plan.loading.bytes)}: {plan.loading.formula})"
     )
     if "device_memory" in report:
         limit = report["device_memory"]
         lines.append("")
-        lines.append(f"device memory {_size(limit)}: {'fits' if report['fits'] else 'does not fit'}")
+        lines.append(f"device memory {human_bytes(limit)}: {'fits' if report['fits'] else 'does not fit'}")
         context, batch = report["largest_context"], report["largest_batch"]
         none = (
-            f"none fits (the weights alone are {_size(plan.weights.bytes)})"
+            f"none fits (the weights alone are {human_bytes(plan.weights.bytes)})"
             if plan.weights.bytes > limit
             else "none fits"
         )
@@ -128,13 +122,13 @@ def _print(plan: memory.Estimate, report: dict[str, Any]) -> None:
         split = report["split"]
         if not report["fits"] and split:
             lines.append(
-                f"split over {split['gpus']} GPUs of {_size(limit)}, consecutive layers per GPU "
+                f"split over {split['gpus']} GPUs of {human_bytes(limit)}, consecutive layers per GPU "
                 "(a plan for a pipeline runner: modeldeck's runtime runs on one device):"
             )
             for stage in split["stages"]:
                 holds = f" + {', '.join(stage['holds'])}" if stage["holds"] else ""
                 layers = f"layers {stage['first_layer']}-{stage['last_layer']}"
-                lines.append(f"  gpu {stage['gpu']}  {_size(stage['bytes']):>12}  {layers}{holds}")
+                lines.append(f"  gpu {stage['gpu']}  {human_bytes(stage['bytes']):>12}  {layers}{holds}")
         elif not report["fits"] and s.device == "cuda":
             lines.append("no split by layers fits: one layer with its activations needs more than one GPU")
     for line in lines:

@@ -1,4 +1,5 @@
-"""What every `modeldeck` command shares: the consoles, clean error reporting, and loading the registry."""
+"""What every `modeldeck` command shares: the consoles, clean error reporting, loading the registry, and finding
+the card a command is about (an installed card or a card file)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
+import click
 from rich.console import Console
 
 from modeldeck import registry
+from modeldeck.registry.cardfile import load_card_file
 from modeldeck.registry.catalog import Registry
-from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.diagnostics import ModeldeckError, command_line
+from modeldeck.registry.schema import Card
 
-__all__ = ["err", "load_registry", "out", "report_errors"]
+__all__ = ["F", "card_or_file", "err", "load_registry", "out", "report_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,15 +29,23 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 
 def report_errors(command: F) -> F:
-    """Turn modeldeck's errors into a clean message and exit code 1 (a traceback only with MODELDECK_DEBUG=1)."""
+    """Run a command with errors worded for the command line (`diagnostics.command_line`), and turn modeldeck's
+    errors into a clean message and exit code 1 (a traceback only with MODELDECK_DEBUG=1); Ctrl-C ends it with
+    exit code 130."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with command_line():
+                return command(*args, **kwargs)
         except ModeldeckError as exc:
             err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
             sys.exit(1)
+        except click.ClickException:  # a usage error: click prints it with the usage line
+            raise
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            sys.exit(130)
         except Exception as exc:  # a bug in modeldeck: say so without a traceback
             if os.environ.get("MODELDECK_DEBUG"):
                 raise
@@ -60,3 +73,16 @@ def load_registry(quiet_problems: bool = False) -> Registry:
         for d in problems:
             err.print(f"  {d.render()}", markup=False, soft_wrap=True)
     return reg
+
+
+def card_or_file(reg: Registry, name: str) -> tuple[Card, str]:
+    """The card NAME means, and where it comes from: a card file (.yaml, .yml, or any existing file) resolved
+    against the installed prompt formats and layouts, or an installed card (id, alias or hub repository).
+
+    Raises CardError for a file that is not a valid card, CardNotFoundError / CardConflictError (LookupErrors)
+    for a name no installed card has, or more than one claims."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return reg.resolve_card(load_card_file(path), str(path)), str(path)
+    entry = reg.entry(name)
+    return entry.card, entry.where

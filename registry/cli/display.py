@@ -14,7 +14,24 @@ from modeldeck.registry.params import count_parameters
 from modeldeck.registry.prompting import PromptError, render_prompt
 from modeldeck.registry.schema import AlibiPositions, Card
 
-__all__ = ["card_json", "card_sections", "card_table", "human_count", "plugin_json", "plugin_table", "summary"]
+__all__ = [
+    "card_json",
+    "card_sections",
+    "card_table",
+    "human_bytes",
+    "human_count",
+    "plugin_json",
+    "plugin_table",
+    "summary",
+]
+
+
+def human_bytes(n: int) -> str:
+    """Bytes in decimal units, as hubs, `ls -h --si` and device memory quote them: 512 B, 7.6 MB, 82.61 GB."""
+    for unit, scale, digits in (("TB", 10**12, 2), ("GB", 10**9, 2), ("MB", 10**6, 1), ("kB", 10**3, 1)):
+        if n >= scale:
+            return f"{n / scale:,.{digits}f} {unit}"
+    return f"{n:,} B"
 
 
 def human_count(n: int) -> str:

@@ -1,29 +1,21 @@
-"""A card's weight files on disk, without torch: which files a card needs, where they are, and their pins.
+"""A card's pinned files (source.files: sha256 and size), without torch: hashing, checking, pinning.
 
-    needed_patterns(card, allow_pickle)      the files a checkpoint consists of (what `modeldeck download` fetches)
-    check_revision(card, revision)           a revision the card lists, or UnknownRevisionError naming the nearest
-    bundled_folder(card)                     weights shipped inside a Python package (source.bundled)
-    local_weights(card, weights, revision)   the folder to verify: weights=DIR, the bundled folder, or the card's
-                                             snapshot in the Hugging Face cache (looked up offline)
     check_files(card, folder)                one FileCheck per pinned file (ok, missing, wrong size, wrong hash) and per
                                              weight file the pins do not cover (not pinned)
+    require_pins(card, revision)             NoPinsError unless the card pins the files of that revision
     require_verified(card, folder)           VerificationError naming every file that is not ok
     compute_pins(card, folder), pins_yaml()  the `files:` block for a card's source section, from a trusted folder
 
 Hashes are computed in 1 MiB chunks (a 10 GB shard never sits in memory). A card pins the files of its default
 revision (`source.revision`, and the revisions `source.revision_aliases` says are the same checkpoint); other
-revisions have no pins. This module imports neither torch nor (until a cache lookup) huggingface_hub, so a plugin
-author's CI can pin and verify weights with the registry alone.
+revisions have no pins. Neither torch nor huggingface_hub is imported: a plugin author's CI can pin and verify
+weights with the registry alone.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import hashlib
-import importlib.resources
-import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,47 +23,30 @@ from typing import Literal
 
 import yaml
 
+from modeldeck.registry.checkpoint import natural_key
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import Card, PinnedFile
+from modeldeck.registry.weights.files import PICKLE, SAFETENSORS, WeightsNotFoundError, needed_patterns
 
 __all__ = [
-    "CONFIGS",
-    "PICKLE",
-    "SAFETENSORS",
     "FileCheck",
     "NoPinsError",
     "Status",
-    "UnknownRevisionError",
     "VerificationError",
-    "WeightsNotFoundError",
-    "bundled_folder",
-    "cached_snapshot",
+    "check_file",
     "check_files",
-    "check_revision",
     "compute_pins",
     "fix_hint",
-    "local_weights",
-    "needed_patterns",
     "pinned_revisions",
     "pins_yaml",
+    "require_pins",
     "require_verified",
     "sha256_file",
 ]
 
-SAFETENSORS = ["*.safetensors", "model.safetensors.index.json"]
-PICKLE = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-CONFIGS = ["config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json"]
 CHUNK = 1 << 20
 
 Status = Literal["ok", "missing", "wrong size", "wrong hash", "not pinned"]
-
-
-class WeightsNotFoundError(ModeldeckError, FileNotFoundError):
-    """No usable checkpoint folder: a missing path, a cache miss, or a folder without config.json or weights."""
-
-
-class UnknownRevisionError(ModeldeckError, ValueError):
-    """A revision the card does not list."""
 
 
 class VerificationError(ModeldeckError):
@@ -86,39 +61,7 @@ class NoPinsError(VerificationError):
     """Verification was asked for, but the card pins no files for this revision."""
 
 
-# --- which files, which revision -------------------------------------------------------------------
-
-
-def needed_patterns(card: Card, allow_pickle: bool = False) -> list[str]:
-    """The files a card's checkpoint consists of, as huggingface_hub allow_patterns: safetensors weights and index,
-    config.json, the generation and tokenizer configs, the card's tokenizer files; pickles only with allow_pickle."""
-    patterns = [*SAFETENSORS, *CONFIGS, *(f for f in card.tokenizer.files if f not in CONFIGS)]
-    return patterns + PICKLE if allow_pickle else patterns
-
-
-def check_revision(card: Card, revision: str) -> str:
-    """`revision` if the card lists it (or lists no revisions at all); UnknownRevisionError naming the nearest."""
-    source = card.source
-    if not source.revisions or revision in {source.revision, *source.revisions, *source.revision_aliases}:
-        return revision
-    listed = [source.revision, *source.revision_aliases, *source.revisions]
-    nearest = _nearest_steps(revision, source.revisions)
-    nearest += [r for r in difflib.get_close_matches(revision, listed, n=5, cutoff=0.6) if r not in nearest]
-    hint = f"nearest listed: {', '.join(nearest[:5])}" if nearest else f"listed: {', '.join(listed[:8])} ..."
-    raise UnknownRevisionError(
-        f"card {card.id} lists no revision {revision!r} of {source.repo} ({hint}); the card lists "
-        f"{len(source.revisions)} revisions, see `modeldeck show {card.id}`"
-    )
-
-
-def _nearest_steps(revision: str, revisions: list[str]) -> list[str]:
-    """For `stepN`: the listed `stepM` revisions with M numerically closest to N, nearest first."""
-    wanted = re.fullmatch(r"step(\d+)", revision)
-    if wanted is None:
-        return []
-    target = int(wanted.group(1))
-    steps = [(int(m.group(1)), r) for r in revisions if (m := re.fullmatch(r"step(\d+)", r))]
-    return [r for _, r in sorted(steps, key=lambda s: (abs(s[0] - target), s[0]))[:3]]
+# --- which revisions the pins describe ------------------------------------------------------------
 
 
 def pinned_revisions(card: Card) -> set[str]:
@@ -133,78 +76,6 @@ def pinned_revisions(card: Card) -> set[str]:
                 same |= {alias, target}
                 grown = True
     return same
-
-
-# --- where the files are ---------------------------------------------------------------------------
-
-
-def bundled_folder(card: Card) -> Path:
-    """The folder of weights a package ships (source.bundled = 'package:folder')."""
-    package, _, relative = (card.source.bundled or "").partition(":")
-    try:
-        root = importlib.resources.files(package)
-    except (ModuleNotFoundError, TypeError) as error:  # TypeError: a module, not a package (Python 3.10, 3.11)
-        raise WeightsNotFoundError(
-            f"card {card.id} bundles its weights in package {package!r}, which is not installed ({error}); "
-            "install the plugin that provides it, or pass weights=DIR"
-        ) from error
-    folder = root.joinpath(*relative.split("/"))
-    if not isinstance(folder, Path) or not folder.is_dir():
-        raise WeightsNotFoundError(
-            f"card {card.id} bundles its weights in {card.source.bundled}, but {folder} is not a folder on disk; "
-            f"reinstall the package {package!r} (a zipped install cannot be loaded), or pass weights=DIR"
-        )
-    return folder.resolve()
-
-
-def weights_folder(card: Card, weights: str | os.PathLike[str]) -> Path:
-    """An explicit weights folder, which must exist."""
-    folder = Path(weights).expanduser().resolve()
-    if not folder.is_dir():
-        what = "is not a directory" if folder.exists() else "does not exist"
-        raise WeightsNotFoundError(
-            f"weights folder {folder} {what}; pass weights= a folder holding config.json and the "
-            f"{card.id} checkpoint, or leave weights unset to use {card.source.repo} from the Hugging Face hub"
-        )
-    return folder
-
-
-def cached_snapshot(card: Card, revision: str) -> Path:
-    """The card's snapshot folder in the local Hugging Face cache, found without any network access.
-
-    A snapshot huggingface_hub knows to be incomplete is returned too: verification reports the missing files."""
-    try:
-        from huggingface_hub import constants, snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-    except ImportError as error:
-        raise WeightsNotFoundError(
-            f"finding {card.source.repo} in the Hugging Face cache needs huggingface_hub ({error}); install it "
-            "(pip install huggingface_hub, or the runtime extra) or pass a weights folder"
-        ) from error
-    where = f"{card.source.repo}@{revision}"
-    patterns = needed_patterns(card, allow_pickle=card.source.format == "pytorch")
-    try:
-        folder = snapshot_download(card.source.repo, revision=revision, allow_patterns=patterns, local_files_only=True)
-    except LocalEntryNotFoundError as error:
-        incomplete = getattr(error, "snapshot_path", None)  # IncompleteSnapshotError: verification says what is missing
-        if incomplete:
-            return Path(incomplete)
-        raise WeightsNotFoundError(
-            f"{where} (card {card.id}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}); download it "
-            f"with `modeldeck download {card.id} --revision {revision}`, point HF_HOME/HF_HUB_CACHE at a cache "
-            "that has it, or pass a weights folder"
-        ) from error
-    return Path(folder)
-
-
-def local_weights(card: Card, weights: str | os.PathLike[str] | None = None, revision: str | None = None) -> Path:
-    """The folder holding the card's files on this machine, with no network access: `weights`, the bundled folder,
-    or the card's snapshot (of `revision`, default the card's) in the Hugging Face cache."""
-    if weights is not None:
-        return weights_folder(card, weights)
-    if card.source.bundled:
-        return bundled_folder(card)
-    return cached_snapshot(card, check_revision(card, revision or card.source.revision))
 
 
 # --- hashing and checking --------------------------------------------------------------------------
@@ -285,11 +156,7 @@ def _files(folder: Path, patterns: Iterable[str]) -> list[str]:
         for path in folder.iterdir()
         if not path.name.startswith(".") and path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in patterns)
     ]
-    return sorted(found, key=_natural)
-
-
-def _natural(name: str) -> list[int | str]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return sorted(found, key=natural_key)
 
 
 def check_files(card: Card, folder: Path) -> list[FileCheck]:

@@ -1,7 +1,8 @@
 """Weights from the hub and on disk: `modeldeck download`, `verify`, `convert`.
 
-`verify` (and `--print-pins`) needs neither torch nor, with --weights or a bundled card, huggingface_hub: a plugin
-author's CI can pin and check weights with the registry alone. `download` and `convert` import the runtime.
+`download` and `verify` need no torch (registry/weights/); `verify` (and `--print-pins`) needs no huggingface_hub
+either with --weights or a bundled card: a plugin author's CI can pin and check weights with the registry alone.
+Only `convert` imports the runtime.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from modeldeck.registry.cardfile import load_card_file
-from modeldeck.registry.cli_common import err, load_registry, out, report_errors
+from modeldeck.registry.cli.common import card_or_file, err, load_registry, out, report_errors
+from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.schema import Card
 from modeldeck.registry.weights import (
     FileCheck,
@@ -22,11 +23,14 @@ from modeldeck.registry.weights import (
     check_files,
     check_revision,
     compute_pins,
+    download_plan,
     fix_hint,
+    hub_cache,
     local_weights,
     pins_yaml,
     require_pins,
     require_verified,
+    resolve_weights,
     weights_folder,
 )
 
@@ -35,18 +39,7 @@ __all__ = ["COMMANDS"]
 
 def _card(name: str) -> Card:
     """An installed card (id, alias or hub repo), or a card file (.yaml) resolved against the installed plugins."""
-    reg = load_registry(quiet_problems=True)
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return reg.resolve_card(load_card_file(path), str(path))
-    return reg.get(name)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    return card_or_file(load_registry(quiet_problems=True), name)[0]
 
 
 @click.command()
@@ -68,19 +61,16 @@ def download(name: str, revision: str | None, allow_pickle: bool, force_download
     authenticates for gated and private repositories, HF_HUB_OFFLINE=1 only looks in the cache, HF_ENDPOINT
     chooses the hub. The folder is printed on standard output, e.g. for --weights.
     """
-    from modeldeck.runtime.hub import download_plan, resolve_weights  # huggingface_hub: only for this command
-
     card = _card(name)
     if card.source.bundled:
         chosen = check_revision(card, revision or card.source.revision)
         err.print(f"card {card.id} ships its weights in {card.source.bundled}: nothing to download", markup=False)
     else:
-        from huggingface_hub import constants
-
         chosen, _ = download_plan(card, revision, allow_pickle)  # refusals before anything is printed
+        cache, offline = hub_cache(card)
         err.print(
-            f"{card.source.repo}@{chosen} (card {card.id}): the files it needs, into {constants.HF_HUB_CACHE}"
-            + (" (offline: the cache only)" if constants.HF_HUB_OFFLINE else ""),
+            f"{card.source.repo}@{chosen} (card {card.id}): the files it needs, into {cache}"
+            + (" (offline: the cache only)" if offline else ""),
             markup=False,
             soft_wrap=True,
         )
@@ -89,8 +79,8 @@ def download(name: str, revision: str | None, allow_pickle: bool, force_download
     )
     files = sorted(p for p in folder.iterdir() if p.is_file())
     total = sum(p.stat().st_size for p in files)
-    listing = ", ".join(f"{p.name} ({_size(p.stat().st_size)})" for p in files)
-    err.print(f"{len(files)} files, {_size(total)}: {listing}", markup=False, soft_wrap=True)
+    listing = ", ".join(f"{p.name} ({human_bytes(p.stat().st_size)})" for p in files)
+    err.print(f"{len(files)} files, {human_bytes(total)}: {listing}", markup=False, soft_wrap=True)
     if verify_pins:
         checks = require_verified(card, folder, chosen)
         err.print(f"verified: {len(checks)} files match the card's pins", markup=False)
@@ -207,7 +197,7 @@ def convert(directory: Path, out: Path | None, allow_pickle: bool) -> None:
     )
     written = ", ".join(sorted(set(result.files.values()))) + (f", {result.index}" if result.index else "")
     err.print(
-        f"converted: {result.tensors} tensors, {_size(result.bytes)} in {written}"
+        f"converted: {result.tensors} tensors, {human_bytes(result.bytes)} in {written}"
         + (f"; the pickles in {directory} are left as they were" if result.out == directory.resolve() else ""),
         markup=False,
         soft_wrap=True,

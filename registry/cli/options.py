@@ -1,0 +1,70 @@
+"""The options of the commands that run a model, declared once: where the weights come from and how to run
+(`generate`, `chat`, `serve`), and the generation overrides (`generate`, `chat`). Loading the model imports the
+runtime (and torch), here and only when a command runs a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from modeldeck.registry.cli.common import F, load_registry
+from modeldeck.registry.decoder import BACKENDS, DTYPES
+
+__all__ = ["generation_options", "load_model", "load_options", "overrides"]
+
+_LOAD_OPTIONS = [
+    click.option("--weights", type=click.Path(exists=True, file_okay=False), help="A local checkpoint folder."),
+    click.option("--revision", help="A hub revision the card lists (default: the card's)."),
+    click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
+    click.option("--dtype", type=click.Choice(DTYPES), help="Weight dtype."),
+    click.option("--attention", type=click.Choice(BACKENDS), help="Attention backend."),
+    click.option("--allow-pickle", is_flag=True, help="Allow pytorch_model.bin (pickle: can run code)."),
+]
+_LOAD_KEYS = ("weights", "revision", "device", "dtype", "attention", "allow_pickle")
+
+_GENERATION_OPTIONS = [
+    click.option("--max-new-tokens", type=int),
+    click.option("--min-new-tokens", type=int),
+    click.option("--temperature", type=float),
+    click.option("--top-k", type=int),
+    click.option("--top-p", type=float),
+    click.option("--repetition-penalty", type=float),
+    click.option("--do-sample/--greedy", "do_sample", default=None, help="Sample, or pick the likeliest token."),
+    click.option("--seed", type=int, help="Seed for sampling (reproducible output)."),
+    click.option("--stop", multiple=True, help="A stop string (repeatable), besides the card's."),
+    click.option("--system", help="A system prompt (handled as the card's prompt format says)."),
+]
+
+
+def _apply(options: Sequence[Callable[[Any], Any]], command: F) -> F:
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def load_options(command: F) -> F:
+    """--weights, --revision, --device, --dtype, --attention, --allow-pickle: what `runtime.load` takes."""
+    return _apply(_LOAD_OPTIONS, command)
+
+
+def generation_options(command: F) -> F:
+    """The generation overrides (--max-new-tokens ... --stop) and --system; unset ones keep the card's defaults."""
+    return _apply(_GENERATION_OPTIONS, command)
+
+
+def load_model(name: str, options: dict[str, Any]) -> Any:
+    """The model of card NAME, loaded with the load options, which are taken out of `options`.
+
+    An unknown NAME fails before torch is imported."""
+    card = load_registry(quiet_problems=True).get(name)
+    from modeldeck import runtime  # torch is imported only by commands that run a model
+
+    return runtime.load(card.id, **{key: options.pop(key) for key in _LOAD_KEYS})
+
+
+def overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The generation options the user gave, passed to the runtime as they are (it resolves them with the card's
+    defaults, as the server does)."""
+    return {key: value for key, value in options.items() if value not in (None, ())}
