@@ -115,7 +115,7 @@ class Model:
         return resolve_options(self.card.generation, self.card.format.stop, overrides)
 
     def _text_stream(self, opts: Options) -> TextStream:
-        return TextStream(self.tokenizer.decode, opts.stop, self.card.format.strip_response)
+        return TextStream(self.tokenizer, opts.stop, self.card.format.strip_response)
 
     def _tokens(self, prompts: list[list[int]], opts: Options, stopped: set[int]) -> Iterator[list[tuple[int, int]]]:
         if not prompts:
