@@ -133,7 +133,7 @@ class Model:
         its own text stream and generator (`choice` i of a prompt is seeded seed + i)."""
         arch = self.card.architecture
         check_prompt(prompt_ids, arch.vocab_size, arch.context_length, opts.max_new_tokens)
-        text = TextStream(self.tokenizer.decode, opts.stop, self.card.format.strip_response)
+        text = TextStream(self.tokenizer, opts.stop, self.card.format.strip_response)
         return Sequence(prompt_ids, opts, self.tokenizer.eos_ids, text, make_generator(opts, self.device, choice))
 
     def _run(

@@ -10,6 +10,7 @@ encoded as one piece, exactly as Hugging Face tokenizers split around added toke
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
@@ -18,7 +19,7 @@ from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.prompting import Segment
 from modeldeck.registry.schema import Card
 
-__all__ = ["TextTokenizer", "load_tokenizer"]
+__all__ = ["IncrementalDecode", "TextTokenizer", "load_tokenizer"]
 
 
 class TextTokenizer:
@@ -31,6 +32,9 @@ class TextTokenizer:
         self._marker_pattern = re.compile("|".join(map(re.escape, special_markers))) if special_markers else None
         self.eos_ids = {card.tokenizer.eos.id}
         self.pad_id = (card.tokenizer.pad or card.tokenizer.eos).id
+        pieces = (tokenizer.token_to_id(f"<0x{b:02X}>") for b in range(256))
+        self._byte_pieces = frozenset(i for i in pieces if i is not None)  # SentencePiece's byte fallback
+        self._skipped = frozenset(i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special)
 
     def encode_text(self, text: str) -> list[int]:
         """Plain text: special-token strings in it are ordinary characters."""
@@ -59,9 +63,56 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return str(self.backend.decode(ids, skip_special_tokens=True))
 
+    def decode_stream(self) -> IncrementalDecode:
+        """Decodes generated ids one at a time, each at a cost independent of the text before it."""
+        return IncrementalDecode(self.decode, self._byte_pieces, self._skipped)
+
+
+class IncrementalDecode:
+    """The text of ids given one at a time, equal in the end to `decode` of all of them (as tokenizers'
+    `decoders.DecodeStream`, which this follows). Each step decodes a short window: the ids of the last piece
+    of text (context for decoders that strip or join at the start of a text) and the ids since. Text that ends
+    in an unfinished character (U+FFFD while its bytes are incomplete) comes out up to that character; the
+    rest when its bytes are complete. A run of byte-fallback pieces (<0xAB>, skipped special tokens between
+    them ignored) waits for its end: the ByteFallback decoder decodes a run as a whole, and an invalid run
+    becomes one U+FFFD per byte, valid characters in it included. Whatever is held back at the very end is
+    `pending`: decode all ids to see it."""
+
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        byte_pieces: frozenset[int] = frozenset(),
+        skipped: frozenset[int] = frozenset(),
+    ):
+        self._decode, self._byte_pieces, self._skipped = decode, byte_pieces, skipped
+        self._window: list[int] = []
+        self._context = 0  # how many of the window's first ids are context, their text given out before
+        self._given = 0  # characters of the window's text given out (the context's included)
+        self._in_bytes = False  # the last id (skipped special tokens aside) is a byte-fallback piece
+        self.pending = False  # text is held back: an unfinished character or a run of byte pieces
+
+    def step(self, token: int) -> str:
+        """Add an id; returns the new text (empty while it is a skipped special token or incomplete bytes)."""
+        self._window.append(token)
+        if token in self._byte_pieces or (self._in_bytes and token in self._skipped):
+            self._in_bytes = self.pending = True
+            return ""
+        self._in_bytes = False
+        text = self._decode(self._window)
+        end = len(text.rstrip("\ufffd"))
+        new = text[self._given : end]
+        self.pending = end < len(text)
+        if self.pending or end == self._given:  # nothing complete yet: keep the window (and its context)
+            self._given = max(self._given, end)
+            return new
+        self._window = self._window[self._context :]
+        self._context = len(self._window)
+        self._given = len(self._decode(self._window))
+        return new
+
 
 def load_tokenizer(card: Card, directory: Path) -> TextTokenizer:
-    """tokenizer.json if the checkpoint has one; else a SentencePiece tokenizer.model converted by transformers."""
+    """tokenizer.json if the checkpoint has one; else a SentencePiece tokenizer.model, converted."""
     path = directory / "tokenizer.json"
     if path.exists():
         try:
@@ -80,15 +131,19 @@ def _from_sentencepiece(card: Card, model_file: Path) -> Tokenizer:
     plus the card's special tokens, which must land on the ids the card declares."""
     try:
         import sentencepiece
-        from transformers.tokenization_utils_base import generate_merges
     except ImportError as exc:
-        raise ModeldeckError(f"reading {model_file} needs sentencepiece and transformers: {exc}") from None
+        raise ModeldeckError(f"reading {model_file} needs sentencepiece: {exc}") from None
     sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
     pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
-    merges = generate_merges(vocab, dict(pieces))  # ordered by score, as SentencePiece merges
     tokenizer = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=sp.id_to_piece(sp.unk_id()), fuse_unk=True, byte_fallback=True)
+        models.BPE(
+            vocab=vocab,
+            merges=sentencepiece_merges(pieces),
+            unk_token=sp.id_to_piece(sp.unk_id()),
+            fuse_unk=True,
+            byte_fallback=True,
+        )
     )
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
     tokenizer.decoder = decoders.Sequence(
@@ -105,3 +160,17 @@ def _from_sentencepiece(card: Card, model_file: Path) -> Tokenizer:
                 "ship the checkpoint's tokenizer.json or fix the card's ids"
             )
     return tokenizer
+
+
+def sentencepiece_merges(pieces: list[tuple[str, float]]) -> list[tuple[str, str]]:
+    """BPE merges of a SentencePiece vocabulary (pieces with their scores, by id): every split of a piece into two
+    pieces, by the merged piece's score (highest first), then the longer left part, then the piece's id. The order
+    Hugging Face's converters give (`generate_merges` with scores), so the fast tokenizer encodes as SentencePiece."""
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+    ranked = [
+        (-score, -k, k - len(piece), i, piece[:k], piece[k:])
+        for i, (piece, score) in enumerate(pieces)
+        for k in range(1, len(piece))
+        if piece[:k] in vocab and piece[k:] in vocab
+    ]
+    return [(left, right) for *_, left, right in sorted(ranked)]

@@ -285,6 +285,15 @@ def load_model(card, directory: Path, with_tokenizer: bool, attention: str = "sd
     return types.SimpleNamespace(card=card, decoder=decoder, backend=get_backend(attention), dtype=torch.float32)
 
 
+def expected_text(full: str, stops: tuple[str, ...], strip: str) -> str:
+    """What a TextStream must end with for the full decoded text: cut before the first stop string, then stripped."""
+    cuts = [full.find(s) for s in stops if s in full]
+    text = full[: min(cuts)] if cuts else full
+    if strip == "leading_space":
+        return text.removeprefix(" ")
+    return text.strip() if strip == "whitespace" else text
+
+
 def run_python_without(blocked: tuple[str, ...], body: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     """Run `body` in a fresh interpreter in which importing any of the `blocked` packages fails, then check that
     none of them was imported after all (a torch-free promise, tested)."""

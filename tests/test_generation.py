@@ -12,18 +12,30 @@ from modeldeck import registry, runtime
 from modeldeck.registry.prompting import PromptError
 from modeldeck.runtime.generate import GenerationError, resolve_options
 from modeldeck.runtime.text import TextStream
+from modeldeck.runtime.tokenizer import IncrementalDecode, TextTokenizer
+
+from .conftest import expected_text
 
 # --- TextStream with a fake tokenizer: token i is PIECES[i] (bytes) ---------------------------------
 
 PIECES = [b"Hello", b" wor", b"ld<", b"|st", b"op|>", b" more", b"caf\xc3", b"\xa9 ", b"\xf0\x9f", b"\x99", b"\x82!"]
 
 
-def decode(ids: list[int]) -> str:
-    return b"".join(PIECES[i] for i in ids).decode("utf-8", errors="replace")
+class PieceTokenizer(TextTokenizer):
+    """Token i decodes to pieces[i] (bytes); invalid or unfinished UTF-8 becomes U+FFFD, as real decoders do."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    def decode_stream(self) -> IncrementalDecode:  # no byte-fallback pieces, no special tokens
+        return IncrementalDecode(self.decode)
 
 
 def run(ids: list[int], stops: tuple[str, ...] = (), strip: str = "none") -> tuple[TextStream, list[str]]:
-    stream = TextStream(decode, stops, strip)  # type: ignore[arg-type]
+    stream = TextStream(PieceTokenizer(PIECES), stops, strip)  # type: ignore[arg-type]
     deltas = [stream.push(i) for i in ids]
     deltas.append(stream.finish())
     return stream, deltas
@@ -59,14 +71,6 @@ def split(data: bytes, sizes: list[int]) -> list[bytes]:
     return pieces
 
 
-def expected_text(full: str, stops: tuple[str, ...], strip: str) -> str:
-    cuts = [full.find(s) for s in stops if s in full]
-    text = full[: min(cuts)] if cuts else full
-    if strip == "leading_space":
-        return text.removeprefix(" ")
-    return text.strip() if strip == "whitespace" else text
-
-
 CASES = [
     ("  Sí, café 🙂 ok<|prompt|> next", ("<|prompt|>", "<|answer|>")),  # whitespace-free before the stop
     (" Réponse: 🙂🙂<|answer|><|prompt|>", ("<|prompt|>", "<|answer|>")),
@@ -80,7 +84,7 @@ CASES = [
 @pytest.mark.parametrize(("full", "stops"), CASES)
 def test_streamed_text_is_always_a_prefix_of_the_final_text(full, stops, sizes, strip):
     pieces = split(full.encode(), sizes)
-    stream = TextStream(lambda ids: b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace"), stops, strip)
+    stream = TextStream(PieceTokenizer(pieces), stops, strip)
     shown = ""
     for i in range(len(pieces)):
         delta = stream.push(i)
@@ -103,7 +107,7 @@ def test_streamed_text_is_always_a_prefix_of_the_final_text(full, stops, sizes, 
 )
 def test_strip_modes_in_streamed_and_final_text(strip, deltas, text):
     pieces = [b" ", b" Hi", b" ", b"", b" there ", b""]
-    stream = TextStream(lambda ids: b"".join(pieces[i] for i in ids).decode(), (), strip)
+    stream = TextStream(PieceTokenizer(pieces), (), strip)
     got = [stream.push(i) for i in range(len(pieces) - 1)] + [stream.finish()]
     assert got == deltas
     assert stream.text == text == "".join(got)
@@ -111,7 +115,7 @@ def test_strip_modes_in_streamed_and_final_text(strip, deltas, text):
 
 def test_whitespace_before_a_stop_is_not_streamed_when_the_final_text_strips_it():
     pieces = [b" Hello", b" <|", b"prompt|>"]  # Astrid answers "Hello <|prompt|>": the final text is "Hello"
-    stream = TextStream(lambda ids: b"".join(pieces[i] for i in ids).decode(), ("<|prompt|>",), "whitespace")
+    stream = TextStream(PieceTokenizer(pieces), ("<|prompt|>",), "whitespace")
     deltas = [stream.push(0), stream.push(1), stream.push(2), stream.finish()]
     assert (deltas, stream.text) == (["Hello", "", "", ""], "Hello")
 
