@@ -19,18 +19,17 @@ from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.schema import Card
 from modeldeck.registry.weights import (
     FileCheck,
-    VerificationError,
     check_files,
     check_revision,
     compute_pins,
     download_plan,
-    fix_hint,
     hub_cache,
     local_weights,
     pins_yaml,
     require_pins,
     require_verified,
     resolve_weights,
+    verification_failure,
     weights_folder,
 )
 
@@ -165,12 +164,7 @@ def verify(name: str, weights: Path | None, revision: str | None, as_json: bool,
         tally = "".join(f"; {n} {status}" for status, n in counts.items())
         out.print(f"{ok} of {len(checks)} files ok{tally}", markup=False)
     if bad:
-        names = ", ".join(f"{c.path} ({c.status})" for c in bad)
-        raise VerificationError(
-            f"{len(bad)} of {len(checks)} files of card {card.id} in {folder} failed verification: {names}\n"
-            f"    -> {fix_hint(card, bad)}",
-            checks,
-        )
+        raise verification_failure(card, folder, checks, listed=False)  # the table above listed them
 
 
 @click.command()

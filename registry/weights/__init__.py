@@ -43,6 +43,7 @@ from modeldeck.registry.weights.pins import (
     require_pins,
     require_verified,
     sha256_file,
+    verification_failure,
 )
 
 __all__ = [
@@ -76,5 +77,6 @@ __all__ = [
     "resolve_weights",
     "sha256_file",
     "snapshot",
+    "verification_failure",
     "weights_folder",
 ]

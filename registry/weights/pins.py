@@ -42,6 +42,7 @@ __all__ = [
     "require_pins",
     "require_verified",
     "sha256_file",
+    "verification_failure",
 ]
 
 CHUNK = 1 << 20
@@ -195,15 +196,23 @@ def require_verified(card: Card, folder: Path, revision: str | None = None) -> l
     the card pins nothing for this revision)."""
     require_pins(card, revision)
     checks = check_files(card, folder)
-    bad = [c for c in checks if not c.ok]
-    if bad:
-        lines = "\n".join(f"  - {c.describe()}" for c in bad)
-        raise VerificationError(
-            f"{len(bad)} of {len(checks)} files of card {card.id} in {folder} failed verification against the "
-            f"card's pins (source.files):\n{lines}\n{fix_hint(card, bad)}",
-            checks,
-        )
+    if any(not c.ok for c in checks):
+        raise verification_failure(card, folder, checks)
     return checks
+
+
+def verification_failure(card: Card, folder: Path, checks: list[FileCheck], listed: bool = True) -> VerificationError:
+    """The error for checks that are not all ok: each bad file on a line of its own (`listed`), or, after a table
+    that showed them, only their names."""
+    bad = [c for c in checks if not c.ok]
+    head = f"{len(bad)} of {len(checks)} files of card {card.id} in {folder} failed verification"
+    if listed:
+        lines = "\n".join(f"  - {c.describe()}" for c in bad)
+        return VerificationError(
+            f"{head} against the card's pins (source.files):\n{lines}\n{fix_hint(card, bad)}", checks
+        )
+    names = ", ".join(f"{c.path} ({c.status})" for c in bad)
+    return VerificationError(f"{head}: {names}\n    -> {fix_hint(card, bad)}", checks)
 
 
 def fix_hint(card: Card, bad: list[FileCheck]) -> str:
