@@ -22,9 +22,8 @@ from modeldeck.runtime.generate import (
     GenerationError,
     Options,
     Sequence,
-    check_prompt,
     generate,
-    make_generator,
+    new_sequence,
     resolve_options,
 )
 from modeldeck.runtime.loading import load_decoder
@@ -131,10 +130,8 @@ class Model:
     def sequence(self, prompt_ids: list[int], opts: Options, choice: int = 0) -> Sequence:
         """One sequence to generate from these prompt ids (checked: in the vocabulary, fitting the context), with
         its own text stream and generator (`choice` i of a prompt is seeded seed + i)."""
-        arch = self.card.architecture
-        check_prompt(prompt_ids, arch.vocab_size, arch.context_length, opts.max_new_tokens)
         text = TextStream(self.tokenizer, opts.stop, self.card.format.strip_response)
-        return Sequence(prompt_ids, opts, self.tokenizer.eos_ids, text, make_generator(opts, self.device, choice))
+        return new_sequence(self.decoder, prompt_ids, opts, self.tokenizer.eos_ids, text, choice)
 
     def _run(
         self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
@@ -172,7 +169,9 @@ def _choose_dtype(card: Card, requested: str | torch.dtype | None, device: torch
 
 def available_devices() -> list[str]:
     """The devices this torch build can use here: cpu, each CUDA device, mps."""
-    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if torch.backends.mps.is_available():
         found.append("mps")
     return found

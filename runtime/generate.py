@@ -48,6 +48,7 @@ __all__ = [
     "generate",
     "generate_tokens",
     "make_generator",
+    "new_sequence",
     "prefill",
     "prefill_chunk",
     "resolve_options",
@@ -181,6 +182,22 @@ def check_prompt(ids: list[int], vocab_size: int, context_length: int, max_new_t
             n,
             max_new_tokens,
         )
+
+
+def new_sequence(
+    decoder: Decoder,
+    prompt: list[int],
+    opts: Options,
+    eos: Collection[int],
+    text: TextStream | None = None,
+    choice: int = 0,
+) -> Sequence:
+    """A sequence to generate on `decoder`: its prompt checked (`check_prompt`), its generator seeded for choice
+    `choice` of its prompt (`make_generator`)."""
+    arch = decoder.arch
+    check_prompt(prompt, arch.vocab_size, arch.context_length, opts.max_new_tokens)
+    device = next(decoder.parameters()).device
+    return Sequence(prompt, opts, eos, text, make_generator(opts, device, choice))
 
 
 def make_generator(opts: Options, device: torch.device, offset: int = 0) -> torch.Generator | None:
@@ -414,12 +431,7 @@ def generate_tokens(
 ) -> Iterator[list[tuple[int, int]]]:
     """Token-level `generate` without a tokenizer (no text, no stop strings): yields, per step, (prompt index, new
     token) for every sequence that took one. Each prompt is one choice, seeded as Model.generate seeds choice 0."""
-    device = next(decoder.parameters()).device
-    arch = decoder.arch
-    sequences = []
-    for ids in prompts:
-        check_prompt(ids, arch.vocab_size, arch.context_length, opts.max_new_tokens)
-        sequences.append(Sequence(ids, opts, eos, None, make_generator(opts, device)))
+    sequences = [new_sequence(decoder, ids, opts, eos) for ids in prompts]
     counts = [0] * len(sequences)
     for _ in generate(decoder, sequences, backend, pad_id):
         events = []
