@@ -56,6 +56,12 @@ INDEX = "model.safetensors.index.json"
 CORRUPT = "the file is truncated or corrupt: download it again"
 
 
+STORED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"} | {
+    n: n for n in ("float32", "float16", "bfloat16")
+}
+"""safetensors' dtype names (and a pickle's torch names) of the dtypes the runtime runs in."""
+
+
 class CheckpointError(ModeldeckError):
     """A checkpoint that cannot be read, or that does not match its card: one line per problem, then what to do."""
 
@@ -232,6 +238,15 @@ class Checkpoint:
         for t in self.tensors.values():
             counts[t.dtype] = counts.get(t.dtype, 0) + t.numel
         return counts
+
+    @property
+    def stored_dtype(self) -> str | None:
+        """The runtime dtype (float32, float16, bfloat16) most parameters are stored in; None if none is."""
+        counts: dict[str, int] = {}
+        for name, n in self.dtypes().items():
+            if (dtype := STORED_DTYPES.get(name)) is not None:
+                counts[dtype] = counts.get(dtype, 0) + n
+        return max(counts, key=counts.__getitem__) if counts else None
 
 
 def read_checkpoint(

@@ -7,7 +7,8 @@ Every part of modeldeck that needs to know what the decoder is reads it here, so
                       and stored ALiBi slopes: LAYOUT_TENSORS); registry/checkpoint.py derives what a checkpoint must
                       hold; registry/params.py counts parameters; registry/memory.py sizes the copies loading makes;
                       runtime/loading.py checks that the torch Decoder's state_dict is exactly `decoder_tensors`
-    DTYPES            the weight dtypes the runtime runs in
+    DTYPES            the weight dtypes the runtime runs in; `default_precision` picks one when the user does not
+    QUANTIZE          the weight quantizations a load may ask for (runtime/kernels.py runs them)
     choose_backend    which attention backend runs for a request, device and dtype (runtime/attention.py and the
                       memory planner)
     prefill_chunk     how many queries one prefill pass takes (runtime/generate.py and the memory planner)
@@ -18,7 +19,9 @@ tensor of the wrong shape can be blamed on a field (`architecture.ffn_size`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 from modeldeck.registry.diagnostics import ModeldeckError
@@ -31,15 +34,19 @@ __all__ = [
     "DTYPE_BYTES",
     "LAYOUT_TENSORS",
     "QKV_PARTS",
+    "QUANTIZE",
     "TENSORS",
     "BackendError",
     "BackendName",
     "Dim",
     "DtypeName",
+    "Precision",
     "TensorSpec",
     "choose_backend",
     "concrete_tensors",
+    "cpu_computes_bf16",
     "decoder_tensors",
+    "default_precision",
     "prefill_chunk",
     "qkv_parts",
     "shape",
@@ -54,6 +61,58 @@ DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
 """The weight dtypes the runtime runs in, and bytes per element."""
 DTYPES: tuple[str, ...] = tuple(DTYPE_BYTES)
 HALF = ("float16", "bfloat16")
+
+QUANTIZE: tuple[str, ...] = ("int8",)
+"""Weight-only quantizations: int8 = per-output-channel symmetric int8 weights, activations in bfloat16."""
+
+
+class Precision(NamedTuple):
+    """The dtype a model runs in and why (shown by `Model.__repr__` and `modeldeck generate --verbose`)."""
+
+    dtype: DtypeName | None  # None: the checkpoint's own
+    reason: str
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively: x86 AVX-512 BF16 or AMX-BF16 (read from /proc/cpuinfo).
+
+    There oneDNN runs bf16 matrix products from pre-packed weights faster than fp32 at every shape (one token,
+    a batch, a prompt), while fp16 has no such kernels unless the CPU has AVX-512 FP16: torch's fp16
+    matrix-matrix products on such CPUs are several times slower than fp32. Read from the CPU's flags, not
+    measured, so the choice is the same on every run of one machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_precision(device: str, card_dtype: str, stored: str | None, bf16_native: bool | None = None) -> Precision:
+    """The dtype to run in when the user names none, for a checkpoint `stored` in float32/float16/bfloat16.
+
+    On a GPU: the card's dtype (`auto`: the checkpoint's own). On a CPU: never more precise than the checkpoint
+    and never a dtype the CPU computes slowly: float32 checkpoints run in float32; half-precision ones in
+    bfloat16 where the CPU computes it natively (`cpu_computes_bf16`; float16 weights are converted once, as
+    torch has no fast float16 matrix-matrix products there), else in float32."""
+    if device != "cpu":
+        if card_dtype == "auto":
+            return Precision(None, "the checkpoint's own dtype (the card's dtype is auto)")
+        return Precision(card_dtype, "the card's dtype")  # type: ignore[arg-type]
+    if stored in (None, "float32"):
+        return Precision("float32", "the checkpoint's own dtype")
+    if cpu_computes_bf16() if bf16_native is None else bf16_native:
+        return Precision(
+            "bfloat16",
+            f"a {stored} checkpoint, and this CPU computes bfloat16 natively (AVX-512 BF16/AMX): the fastest for "
+            "one token, batches and prompts; dtype='float32' for full precision",
+        )
+    return Precision(
+        "float32", f"a {stored} checkpoint, but this CPU has no native half-precision matrix products (fp32 is faster)"
+    )
+
 
 BackendName = Literal["eager", "sdpa", "xformers"]
 BACKENDS: tuple[str, ...] = ("auto", "eager", "sdpa", "xformers")

@@ -45,6 +45,7 @@ from modeldeck.registry.decoder import (
     BackendError,
     BackendName,
     choose_backend,
+    default_precision,
     prefill_chunk,
     tensor_size,
 )
@@ -293,7 +294,8 @@ def estimate(
 ) -> Estimate:
     """Memory of one generation of `batch` sequences with `context` tokens (prompt + new_tokens) each.
 
-    Defaults follow the runtime: dtype float32 on the CPU and the card's dtype on a GPU; context the card's
+    Defaults follow the runtime: dtype registry/decoder.default_precision's for the checkpoint (on a GPU the card's;
+    on a CPU float32, or bfloat16 for a half-precision checkpoint where this CPU computes it); context the card's
     context_length; new_tokens the card's max_new_tokens (at most context - 1); attention as `auto` picks
     (xformers for half precision on CUDA, else sdpa); the checkpoint stored in the card's dtype (auto: unconverted).
     `layout` (the card's checkpoint layout) tells which tensors loading copies; without it none are counted.
@@ -306,9 +308,10 @@ def estimate(
             f"card {card.id!r} has dtype auto (the checkpoint's own, which the card does not state); "
             "give the dtype to plan for (--dtype float16, bfloat16 or float32)"
         )
-    dtype = dtype or ("float32" if device == "cpu" else card.dtype)  # runtime/engine.py _choose_dtype
+    stored = checkpoint_dtype or (None if card.dtype == "auto" else card.dtype)
+    dtype = dtype or default_precision(device, card.dtype, stored).dtype or "float32"  # as runtime.load picks
     _check_dtype("dtype", dtype)
-    checkpoint_dtype = checkpoint_dtype or (dtype if card.dtype == "auto" else card.dtype)
+    checkpoint_dtype = stored or dtype
     _check_dtype("checkpoint dtype", checkpoint_dtype)
     backend = _backend(attention, device, dtype)
     if isinstance(batch, bool) or batch < 1:

@@ -50,14 +50,15 @@ __all__ = [
 @dataclass(frozen=True)
 class Backend:
     name: BackendName
-    # (start [B], queries T, keys S, ALiBi slopes [H] or None, dtype) -> the mask every layer of one forward uses
-    prepare: Callable[[torch.Tensor, int, int, torch.Tensor | None, torch.dtype], Any]
+    # (start [B], queries T, keys S, ALiBi slopes [H] or None, dtype, every query sees every key) -> the mask
+    # every layer of one forward uses
+    prepare: Callable[[torch.Tensor, int, int, torch.Tensor | None, torch.dtype, bool], Any]
     attend: Callable[..., torch.Tensor]  # (q, k, v, mask, scale) -> [B, T, H, D]
     packs_cache: bool  # without a tensor bias, reads the whole preallocated cache (packed as a view)
 
-    def keys(self, start: torch.Tensor, queries: int, capacity: int, alibi: bool) -> int:
+    def keys(self, highest_start: int, queries: int, capacity: int, alibi: bool) -> int:
         """How many cache positions this forward pass reads: the whole cache, or those any query can see."""
-        return capacity if self.packs_cache and not alibi else int((start + queries).max())
+        return capacity if self.packs_cache and not alibi else highest_start + queries
 
 
 def _positions(start: torch.Tensor, queries: int) -> torch.Tensor:
@@ -84,7 +85,12 @@ class EagerMask(NamedTuple):
 
 
 def eager_mask(
-    start: torch.Tensor, queries: int, keys: int, slopes: torch.Tensor | None, dtype: torch.dtype
+    start: torch.Tensor,
+    queries: int,
+    keys: int,
+    slopes: torch.Tensor | None,
+    dtype: torch.dtype,
+    every_key: bool = False,
 ) -> EagerMask:
     bias = None if slopes is None else alibi_bias(start, queries, keys, slopes)
     return EagerMask(visible_keys(start, queries, keys), bias)
@@ -108,16 +114,26 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Eag
 
 
 def sdpa_mask(
-    start: torch.Tensor, queries: int, keys: int, slopes: torch.Tensor | None, dtype: torch.dtype
-) -> torch.Tensor:
-    """Boolean [B, 1, T, S] (True: visible), or with ALiBi an additive [B, H, T, S] in the query dtype."""
+    start: torch.Tensor,
+    queries: int,
+    keys: int,
+    slopes: torch.Tensor | None,
+    dtype: torch.dtype,
+    every_key: bool = False,
+) -> torch.Tensor | None:
+    """Boolean [B, 1, T, S] (True: visible), or with ALiBi an additive [B, H, T, S] in the query dtype; None (no
+    mask: sdpa's fastest path) when every query sees every key, as when a batch decodes one token from one start."""
+    if every_key and slopes is None:
+        return None
     visible = visible_keys(start, queries, keys)
     if slopes is None:
         return visible
     return alibi_bias(start, queries, keys, slopes).masked_fill_(~visible, float("-inf")).to(dtype)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale, enable_gqa=True
     )  # [B, H, T, D]
@@ -150,7 +166,14 @@ def xformers_alibi_bias(
     return bias
 
 
-def xformers_mask(start: torch.Tensor, queries: int, keys: int, slopes: torch.Tensor | None, dtype: torch.dtype) -> Any:
+def xformers_mask(
+    start: torch.Tensor,
+    queries: int,
+    keys: int,
+    slopes: torch.Tensor | None,
+    dtype: torch.dtype,
+    every_key: bool = False,
+) -> Any:
     if slopes is None:
         return xformers_bias(start, queries, keys)
     return xformers_alibi_bias(start, queries, keys, slopes, dtype)
@@ -191,7 +214,8 @@ def _xformers_importable() -> bool:
 
 def choose_backend(requested: str | None, device: torch.device, dtype: torch.dtype) -> BackendName:
     """Resolve 'auto' (or None) and check an explicit choice can run here: the rule is registry/decoder.py's."""
-    return decoder.choose_backend(requested, device.type, str(dtype), _xformers_importable())
+    xformers = device.type == "cuda" and _xformers_importable()  # never imported where it cannot run
+    return decoder.choose_backend(requested, device.type, str(dtype), xformers)
 
 
 _BACKENDS = {

@@ -26,6 +26,7 @@ from modeldeck.runtime.generate import (
     new_sequence,
     resolve_options,
 )
+from modeldeck.runtime.kernels import check_quantize
 from modeldeck.runtime.loading import load_decoder
 from modeldeck.runtime.model import Decoder
 from modeldeck.runtime.text import TextStream
@@ -55,9 +56,22 @@ class Generation:
 
 
 class Model:
-    def __init__(self, card: Card, decoder: Decoder, tokenizer: TextTokenizer, attention: str | None = None):
+    def __init__(
+        self,
+        card: Card,
+        decoder: Decoder,
+        tokenizer: TextTokenizer,
+        attention: str | None = None,
+        quantize: str | None = None,
+    ):
         self.card, self.decoder, self.tokenizer = card, decoder, tokenizer
         self.backend = get_backend(choose_backend(attention, self.device, self.dtype))
+        self.quantize = quantize  # the weight quantization, if any
+
+    @property
+    def precision(self) -> str:
+        """Why the model runs in its dtype (registry/decoder.default_precision, or "asked for")."""
+        return self.decoder.precision
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +82,11 @@ class Model:
         return self.decoder.embed.weight.dtype
 
     def __repr__(self) -> str:
-        return f"Model({self.card.id!r}, device={self.device}, dtype={self.dtype}, attention={self.backend.name!r})"
+        quantize = "" if self.quantize is None else f", quantize={self.quantize!r}"
+        return (
+            f"Model({self.card.id!r}, device={self.device}, dtype={self.dtype}{quantize}, "
+            f"attention={self.backend.name!r}, precision={self.precision!r})"
+        )
 
     # --- prompts -------------------------------------------------------------------------------
 
@@ -152,8 +170,9 @@ class Model:
         return results
 
 
-def _choose_dtype(card: Card, requested: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    """The weight dtype; None means the checkpoint's own (the card's `auto`, on a GPU)."""
+def _requested_dtype(requested: str | torch.dtype | None, quantize: str | None) -> torch.dtype | None:
+    """The dtype the user asked for (int8 computes in bfloat16); None: registry/decoder.default_precision's,
+    decided when loading (it depends on how the checkpoint is stored)."""
     if isinstance(requested, torch.dtype):
         return requested
     if requested is not None:
@@ -162,9 +181,7 @@ def _choose_dtype(card: Card, requested: str | torch.dtype | None, device: torch
                 f"{spell('dtype', repr(requested))} is not supported; choose one of {', '.join(_DTYPES)}"
             )
         return _DTYPES[requested]
-    if device.type == "cpu":
-        return torch.float32  # half-precision matmuls on CPUs are slow or missing; ask explicitly for them
-    return None if card.dtype == "auto" else _DTYPES[card.dtype]
+    return torch.bfloat16 if quantize is not None else None
 
 
 def available_devices() -> list[str]:
@@ -219,12 +236,18 @@ def load(
     attention: str | None = None,
     allow_pickle: bool = False,
     verify: bool = False,
+    quantize: str | None = None,
 ) -> Model:
     """A card (id, alias, hub repo, or Card) -> a Model with weights from `weights=DIR`, the package, or the hub.
 
     `verify=True` checks every file the card pins (source.files: sha256 and size) before any weight is read, and
     raises VerificationError naming each missing, wrong-size, wrong-hash or unpinned weight file (NoPinsError when
-    the card pins nothing for this revision)."""
+    the card pins nothing for this revision).
+
+    `dtype=None` runs in the card's dtype on a GPU; on a CPU, float32 checkpoints in float32 and half-precision ones
+    in bfloat16 where the CPU computes it natively, else float32 (registry/decoder.default_precision;
+    `Model.precision` says why). `quantize="int8"`
+    stores the linear layers' weights as int8 with one scale per output row (runtime/kernels.py)."""
     reg = registry.default()
     resolved = reg.get(card) if isinstance(card, str) else reg.resolve_card(card, f"card {card.id!r}")
     layout = reg.checkpoint_layouts()[resolved.architecture.checkpoint_layout]
@@ -236,9 +259,13 @@ def load(
     if verify:
         require_verified(resolved, directory, revision)
     where = _choose_device(device)
-    chosen = _choose_dtype(resolved, dtype, where)
+    chosen = _requested_dtype(dtype, quantize)
+    if chosen is not None or where.type == "cpu":  # fail before reading weights (on a CPU the dtype never matters)
+        choose_backend(attention, where, chosen or torch.float32)
     if chosen is not None:
-        choose_backend(attention, where, chosen)  # fail before reading weights
+        check_quantize(quantize, where, chosen)
     tokenizer = load_tokenizer(resolved, directory)
-    decoder = load_decoder(resolved, layout, directory, chosen, where, allow_pickle)
-    return Model(resolved, decoder, tokenizer, attention)
+    decoder = load_decoder(resolved, layout, directory, chosen, where, allow_pickle, quantize)
+    if quantize is not None and dtype is None:
+        decoder.precision = f"{quantize} weights multiply bfloat16 activations"
+    return Model(resolved, decoder, tokenizer, attention, quantize)

@@ -4,7 +4,8 @@
     2. compare with what the card's architecture and checkpoint layout imply: missing, unexpected and
        mis-shaped tensors, config.json fields: every problem in one error, before any weight is read;
     3. build the Decoder on the meta device, read each tensor (memory-mapped), reorder fused QKV
-       rows to [q | k | v], convert to the requested dtype once, and `load_state_dict(assign=True)`.
+       rows to [q | k | v], convert to the requested dtype once, and `load_state_dict(assign=True)`;
+    4. hand each linear layer to its kernel (runtime/kernels.py: oneDNN on the CPU, int8 when asked).
 
 Steps 1 and 2 are the registry's (registry/checkpoint.py, torch-free: `modeldeck inspect` and `modeldeck validate
 --weights` run the same code and report the same words); this module reads pickles (with torch, when allowed),
@@ -33,11 +34,12 @@ from modeldeck.registry.checkpoint import (
     mismatch_hint,
     read_checkpoint,
 )
-from modeldeck.registry.decoder import decoder_tensors
+from modeldeck.registry.decoder import decoder_tensors, default_precision
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.schema import Architecture, Card
 from modeldeck.runtime.convert import ConvertError, read_pickle
+from modeldeck.runtime.kernels import use_kernels
 from modeldeck.runtime.model import Decoder, alibi_slopes
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint_with_pickles"]
@@ -158,8 +160,11 @@ def load_decoder(
     dtype: torch.dtype | None,
     device: torch.device,
     allow_pickle: bool = False,
+    quantize: str | None = None,
 ) -> Decoder:
-    """The decoder with the checkpoint's weights, in `dtype` (None: the checkpoint's own)."""
+    """The decoder with the checkpoint's weights, in `dtype` (None: registry/decoder.default_precision for this
+    checkpoint and device; `decoder.precision` says why), each linear layer run by its kernel (runtime/kernels.py;
+    `quantize="int8"`: int8 weights)."""
     arch = card.architecture
     with torch.device("meta"):
         decoder = Decoder(arch)
@@ -167,6 +172,11 @@ def load_decoder(
     opened: dict[Path, dict[str, torch.Tensor]] = {}
     checkpoint = read_checkpoint_with_pickles(directory, allow_pickle, opened)
     _check(card, layout, checkpoint)
+    decoder.precision = "asked for"
+    if dtype is None:
+        precision = default_precision(device.type, card.dtype, checkpoint.stored_dtype)
+        dtype = None if precision.dtype is None else getattr(torch, precision.dtype)
+        decoder.precision = precision.reason
     state: dict[str, torch.Tensor] = {}
     get = _open_tensors(checkpoint, opened)
     for name, sources in plan.items():
@@ -178,6 +188,8 @@ def load_decoder(
         dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
         state[name] = _convert(tensor, sources[0].decoder, layout, arch, dtype, device)
     decoder.load_state_dict(state, strict=True, assign=True)
+    state.clear()  # the decoder holds the tensors now; a kernel that copies one frees the original
+    use_kernels(decoder, quantize)
     if decoder.alibi is not None:
         decoder.alibi = decoder.alibi.to(device)
     return decoder.eval()

@@ -25,6 +25,7 @@ of / sqrt(head_dim), ALiBi added after) and logits (x 2.22 * 0.1).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -51,13 +52,13 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[2]
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor) -> None:
-        """Store k/v [B, T, KV, D] at positions start[b] .. start[b] + T - 1 of each sequence."""
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, uniform: int | None) -> None:
+        """Store k/v [B, T, KV, D] at positions start[b] .. start[b] + T - 1 of each sequence (`uniform`: the
+        one start every sequence shares, known to the caller, so this writes one slice without reading `start`)."""
         queries = k.shape[1]
-        first = int(start[0])
-        if bool((start == first).all()):  # the common case: one slice for the whole batch
-            self.k[layer, :, first : first + queries] = k
-            self.v[layer, :, first : first + queries] = v
+        if uniform is not None:  # the common case: one slice for the whole batch
+            self.k[layer, :, uniform : uniform + queries] = k
+            self.v[layer, :, uniform : uniform + queries] = v
             return
         rows = torch.arange(k.shape[0], device=k.device)[:, None]  # [B, 1]
         columns = start[:, None] + torch.arange(queries, device=k.device)  # [B, T]
@@ -169,7 +170,7 @@ class Attention(nn.Module):
         if ctx.rotary_dims:
             q = rotate(q, ctx.cos, ctx.sin, ctx.rotary_dims)
             k = rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
-        ctx.cache.write(layer, k, v, ctx.start)
+        ctx.cache.write(layer, k, v, ctx.start, ctx.uniform)
         keys, values = ctx.cache.view(layer, ctx.used)
         out = ctx.backend.attend(q, keys, values, ctx.mask, self.scale)  # [B, T, H, D]
         projected: torch.Tensor = self.out(out.reshape(batch, queries, self.heads * self.head_dim))
@@ -198,23 +199,28 @@ class Block(nn.Module):
 
 
 class Context:
-    """What every layer of one forward pass shares: cache, positions, rotary tables, the backend's mask."""
+    """What every layer of one forward pass shares: cache, positions, rotary tables, the backend's mask.
+
+    Built once per forward pass, with one read of `start` from the device (its lowest and highest value)."""
 
     def __init__(self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, backend: Backend):
         self.cache, self.start, self.backend = cache, start, backend
-        self.used = backend.keys(start, queries, cache.capacity, decoder.alibi is not None)  # cache positions read
+        lowest, highest = (int(n) for n in torch.aminmax(start))
+        self.uniform = lowest if lowest == highest else None  # the start all sequences share, if they do
+        self.used = backend.keys(highest, queries, cache.capacity, decoder.alibi is not None)  # cache positions read
         # The mask carries the causal rule and, for ALiBi models, the bias (runtime/attention.py builds both).
-        self.mask = backend.prepare(start, queries, self.used, decoder.alibi, decoder.embed.weight.dtype)
+        every_key = self.uniform is not None and queries == 1 and self.used == highest + 1
+        self.mask = backend.prepare(start, queries, self.used, decoder.alibi, decoder.embed.weight.dtype, every_key)
         self.rotary_dims = decoder.rotary_dims
         self.cos = self.sin = torch.empty(0)
         if self.rotary_dims:
-            positions = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
-            inv_freq = decoder.rotary_base ** -(
-                torch.arange(0, self.rotary_dims, 2, device=start.device, dtype=torch.float32) / self.rotary_dims
-            )
-            angles = positions[..., None].float() * inv_freq  # [B, T, dims/2]
-            angles = torch.cat((angles, angles), dim=-1)[:, :, None, :]  # [B, T, 1, dims]
-            self.cos, self.sin = angles.cos(), angles.sin()
+            cos, sin = decoder.rotary_tables(start.device)  # [context, dims] each
+            if self.uniform is not None:
+                rows = slice(self.uniform, self.uniform + queries)
+                self.cos, self.sin = cos[None, rows, None, :], sin[None, rows, None, :]  # [1, T, 1, dims]
+            else:
+                positions = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
+                self.cos, self.sin = cos[positions][:, :, None, :], sin[positions][:, :, None, :]  # [B, T, 1, dims]
 
 
 class Decoder(nn.Module):
@@ -232,6 +238,21 @@ class Decoder(nn.Module):
         # ALiBi slopes [H] (fp32): the standard ones; loading replaces them with a checkpoint's stored copy
         # once it is checked to be those slopes (as rounded to the checkpoint's dtype, as the original runs).
         self.alibi = alibi_slopes(arch.heads) if isinstance(arch.positions, AlibiPositions) else None
+        self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+        # A tied LM head's own kernel (runtime/kernels.py), when it has one: x [.., d] -> logits [.., V]
+        self.tied_head: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.precision = "asked for"  # why the weights are in their dtype (runtime/loading.py sets it)
+
+    def rotary_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [context, dims] (fp32) of every position's rotary angles, built once per device: the angle
+        of position p and frequency f is p · base^(-2f / dims), repeated for both halves of the rotated dims."""
+        if self._rotary is None or self._rotary[0].device != device:
+            positions = torch.arange(self.arch.context_length, device=device, dtype=torch.float32)
+            frequencies = torch.arange(0, self.rotary_dims, 2, device=device, dtype=torch.float32) / self.rotary_dims
+            angles = positions[:, None] * self.rotary_base**-frequencies  # [context, dims/2]
+            angles = torch.cat((angles, angles), dim=-1)  # [context, dims]
+            self._rotary = angles.cos(), angles.sin()
+        return self._rotary
 
     def forward(
         self,
@@ -256,8 +277,12 @@ class Decoder(nn.Module):
         if last is not None:
             x = x[torch.arange(x.shape[0], device=x.device), last]  # [B, d]
         x = self.final_norm(x)
-        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, head, None if self.lm_head is None else self.lm_head.bias)  # [B, (T,) V]
+        if self.lm_head is not None:
+            logits: torch.Tensor = self.lm_head(x)  # [B, (T,) V]
+        elif self.tied_head is not None:
+            logits = self.tied_head(x)
+        else:
+            logits = F.linear(x, self.embed.weight)
         if self.arch.multipliers.logits != 1.0:
             logits = logits * self.arch.multipliers.logits
         return logits

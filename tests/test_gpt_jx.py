@@ -16,8 +16,8 @@ tokenizers = pytest.importorskip("tokenizers")
 from safetensors.torch import load_file  # noqa: E402
 
 from modeldeck import registry, runtime  # noqa: E402
+from modeldeck.registry.decoder import default_precision  # noqa: E402
 from modeldeck.runtime.attention import get_backend  # noqa: E402
-from modeldeck.runtime.engine import _choose_dtype  # noqa: E402
 from modeldeck.runtime.generate import generate_tokens, prefill, prefill_chunk, resolve_options  # noqa: E402
 from modeldeck.runtime.loading import CheckpointError  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
@@ -174,12 +174,15 @@ def test_the_card_generates_with_the_real_gpt2_tokenizer(jx):
     assert completion.text == model.tokenizer.decode(reference)
 
 
-def test_dtype_defaults_fp16_on_a_gpu_and_fp32_on_the_cpu():
+def test_dtype_defaults_the_cards_on_a_gpu_and_by_checkpoint_and_cpu_on_the_cpu():
     card = registry.default().get("gpt-jx-3b")
     assert card.dtype == "float16"
-    assert _choose_dtype(card, None, torch.device("cuda")) == torch.float16
-    assert _choose_dtype(card, None, torch.device("cpu")) == torch.float32
-    assert _choose_dtype(card, "bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert default_precision("cuda", card.dtype, "bfloat16").dtype == "float16"
+    assert default_precision("cuda", "auto", "bfloat16").dtype is None  # the checkpoint's own
+    assert default_precision("cpu", card.dtype, "float32").dtype == "float32"  # never more precise than stored
+    assert default_precision("cpu", card.dtype, "bfloat16", bf16_native=True).dtype == "bfloat16"
+    assert default_precision("cpu", card.dtype, "float16", bf16_native=True).dtype == "bfloat16"
+    assert default_precision("cpu", card.dtype, "float16", bf16_native=False).dtype == "float32"
 
 
 @needs_gpt2_tokenizer
@@ -230,7 +233,8 @@ def test_bfloat16_checkpoint_slopes_are_accepted_and_used_as_stored(jx, tmp_path
     exact = torch.tensor(alibi_slopes_reference(12), dtype=torch.float32)
     assert not torch.equal(stored, exact)  # bf16 rounding moved some of them ...
     assert torch.equal(model.decoder.alibi, stored)  # ... and BTLM itself multiplies with the stored copy
-    assert model.dtype == torch.float32  # CPU default, converted from bf16
+    expected = default_precision("cpu", card.dtype, "bfloat16").dtype  # bf16 on CPUs that compute it, else fp32
+    assert model.dtype == getattr(torch, expected)
 
 
 def test_a_c_attn_stored_the_wrong_way_round_is_named(jx, tmp_path):

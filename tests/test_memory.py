@@ -15,6 +15,7 @@ import pytest
 
 from modeldeck import registry
 from modeldeck.registry import memory
+from modeldeck.registry.decoder import DTYPE_BYTES, default_precision
 from modeldeck.registry.memory import MemoryPlanError
 
 FALCON_40B = "h2ogpt-oig-oasst1-falcon-40b"
@@ -39,7 +40,9 @@ def phase(estimate: memory.Estimate, name: str) -> int:
 
 def test_weights_are_the_parameter_count_times_the_dtype_bytes():
     assert plan("pythia-1.4b", dtype="float16").weights.bytes == 1_414_647_808 * 2
-    assert plan("pythia-1.4b").weights.bytes == 1_414_647_808 * 4  # the CPU default: float32
+    assert plan("pythia-1.4b", dtype="float32").weights.bytes == 1_414_647_808 * 4
+    default = default_precision("cpu", "float16", "float16").dtype  # the CPU default for fp16 weights: this CPU's
+    assert plan("pythia-1.4b").weights.bytes == 1_414_647_808 * DTYPE_BYTES[default]
     falcon = plan(FALCON_40B, dtype="bfloat16")
     assert falcon.weights.bytes == 41_303_293_952 * 2 == 82_606_587_904  # more than an 80 GB GPU
 
@@ -65,7 +68,7 @@ def test_the_prefill_peak_of_pythia_is_one_blocks_mlp_worked_out_by_hand():
     input x: h = attn_norm(x), attended, x + attended, mlp_norm(x) ([1792, 2048] fp32 each) and the MLP's up(h2)
     and gelu(up) ([1792, 8192] fp32 each). Around the blocks: the int64 tokens, sdpa's boolean mask
     [1, 1, 1792, 1792] and the fp32 rotary cos and sin [1, 1792, 1, 32]."""
-    estimate = plan("pythia-1.4b", context=2048)
+    estimate = plan("pythia-1.4b", context=2048, dtype="float32")
     assert (estimate.scenario.prompt, estimate.scenario.new_tokens) == (1792, 256)
     t, d, f, rotary = 1792, 2048, 8192, 32
     expected = 8 * t + t * t + 2 * 4 * t * rotary + 5 * 4 * t * d + 2 * 4 * t * f
@@ -101,7 +104,7 @@ def test_the_runtime_and_the_planner_share_the_budget_and_the_chunk_size():
 def test_loading_counts_the_mapped_checkpoint_pages():
     params = 1_414_647_808
     # Converted on the CPU (fp16 file -> fp32): every page of the file is read while the weights are built.
-    converted = plan("pythia-1.4b", checkpoint_dtype="float16")
+    converted = plan("pythia-1.4b", dtype="float32", checkpoint_dtype="float16")
     assert converted.loading.bytes == params * 4 + params * 2
     assert converted.mapped.bytes == 0  # the mapping is released when loading returns
     # Unconverted, tensors are used in place; the GPT-NeoX QKV (reordered per head) is copied, and its file pages
@@ -124,8 +127,10 @@ def test_loading_counts_the_mapped_checkpoint_pages():
 
 
 def test_defaults_follow_the_runtime():
-    cpu = plan(FALCON_40B)
-    assert (cpu.scenario.dtype, cpu.scenario.device, cpu.scenario.attention) == ("float32", "cpu", "sdpa")
+    cpu = plan(FALCON_40B)  # a bfloat16 checkpoint: bfloat16 where this CPU computes it, else float32
+    expected = default_precision("cpu", "bfloat16", "bfloat16").dtype
+    assert (cpu.scenario.dtype, cpu.scenario.device, cpu.scenario.attention) == (expected, "cpu", "sdpa")
+    assert plan("tiny-neox").scenario.dtype == "float32"  # never more precise than the weights: fp32 stays fp32
     assert (cpu.scenario.context, cpu.scenario.new_tokens) == (2048, 100)  # context_length, max_new_tokens
     gpu = plan(FALCON_40B, device="cuda")
     assert (gpu.scenario.dtype, gpu.scenario.attention) == ("bfloat16", "xformers")

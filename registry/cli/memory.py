@@ -19,9 +19,7 @@ _DTYPES = click.Choice(DTYPES)
 
 @click.command("memory")
 @click.argument("name")
-@click.option(
-    "--dtype", type=_DTYPES, help="Weight dtype (default: the runtime's: float32 on cpu, the card's on cuda)."
-)
+@click.option("--dtype", type=_DTYPES, help="Compute dtype (default: the runtime's; see `modeldeck generate -v`).")
 @click.option("--context", type=int, help="Tokens per sequence, prompt + new tokens (default: the card's context).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Sequences generated together.")
 @click.option("--new-tokens", type=int, help="New tokens per sequence (default: the card's max_new_tokens).")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from modeldeck.registry.cli.common import F, load_registry
-from modeldeck.registry.decoder import BACKENDS, DTYPES
+from modeldeck.registry.decoder import BACKENDS, DTYPES, QUANTIZE
 
 __all__ = ["generation_options", "load_model", "load_options", "overrides"]
 
@@ -18,11 +18,12 @@ _LOAD_OPTIONS = [
     click.option("--weights", type=click.Path(exists=True, file_okay=False), help="A local checkpoint folder."),
     click.option("--revision", help="A hub revision the card lists (default: the card's)."),
     click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)."),
-    click.option("--dtype", type=click.Choice(DTYPES), help="Weight dtype."),
+    click.option("--dtype", type=click.Choice(DTYPES), help="Compute dtype (default: see `modeldeck generate -v`)."),
+    click.option("--quantize", type=click.Choice(QUANTIZE), help="int8: int8 weights, one scale per output row."),
     click.option("--attention", type=click.Choice(BACKENDS), help="Attention backend."),
     click.option("--allow-pickle", is_flag=True, help="Allow pytorch_model.bin (pickle: can run code)."),
 ]
-_LOAD_KEYS = ("weights", "revision", "device", "dtype", "attention", "allow_pickle")
+_LOAD_KEYS = ("weights", "revision", "device", "dtype", "quantize", "attention", "allow_pickle")
 
 _GENERATION_OPTIONS = [
     click.option("--max-new-tokens", type=int),
@@ -45,7 +46,8 @@ def _apply(options: Sequence[Callable[[Any], Any]], command: F) -> F:
 
 
 def load_options(command: F) -> F:
-    """--weights, --revision, --device, --dtype, --attention, --allow-pickle: what `runtime.load` takes."""
+    """--weights, --revision, --device, --dtype, --quantize, --attention, --allow-pickle: what `runtime.load`
+    takes."""
     return _apply(_LOAD_OPTIONS, command)
 
 

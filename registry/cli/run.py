@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +23,25 @@ __all__ = ["COMMANDS"]
 @generation_options
 @click.option("--stream", is_flag=True, help="Print the text as it is generated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (text, finish reason, token counts).")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also say how the model runs (dtype and why) and how fast, on stderr."
+)
 @report_errors
-def generate(name: str, prompt: str, stream: bool, as_json: bool, **options: Any) -> None:
+def generate(name: str, prompt: str, stream: bool, as_json: bool, verbose: bool, **options: Any) -> None:
     """Generate a completion for PROMPT with card NAME (its prompt format and defaults apply)."""
     system = options.pop("system")
+    began = time.perf_counter()
     model = load_model(name, options)
+    if verbose:
+        quantized = f", {model.quantize} weights" if model.quantize else ""
+        err.print(
+            f"loaded {model.card.id} in {time.perf_counter() - began:.2f} s: {model.device}, "
+            f"{str(model.dtype).removeprefix('torch.')}{quantized} ({model.precision}), "
+            f"attention {model.backend.name}",
+            markup=False,
+            soft_wrap=True,
+        )
+        began = time.perf_counter()
     if stream and not as_json:
         for piece in model.stream(prompt, system=system, **overrides(options)):
             sys.stdout.write(piece)
@@ -34,6 +49,13 @@ def generate(name: str, prompt: str, stream: bool, as_json: bool, **options: Any
         sys.stdout.write("\n")
         return
     result = model.generate(prompt, system=system, **overrides(options))
+    if verbose:
+        tokens, seconds = sum(c.completion_tokens for c in result.completions), time.perf_counter() - began
+        prompt_tokens = result.completions[0].prompt_tokens
+        err.print(
+            f"{prompt_tokens} prompt tokens, {tokens} generated in {seconds:.2f} s ({tokens / seconds:.1f} tok/s)",
+            markup=False,
+        )
     if as_json:
         completions = [
             {

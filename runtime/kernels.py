@@ -1,0 +1,122 @@
+"""Products with a weight matrix: the one place that decides which kernel runs each linear layer.
+
+After loading, `use_kernels` swaps every nn.Linear of the decoder (and a tied LM head) for the fastest kernel
+torch offers for its device, dtype and quantization:
+
+    device, weights     kernel                                                  weights held
+    cpu, float32        oneDNN linear on the dense weight (mkldnn _linear_pointwise)  the loaded tensor (no copy)
+    cpu, bfloat16       oneDNN linear on a weight pre-packed once (_reorder_linear_weight)  one packed copy
+    cpu, float16        F.linear: torch's fp16 GEMV is fast for one token, but without AVX-512 FP16 nothing packs
+                        fp16 and its matrix-matrix products are slow (registry/decoder.default_precision avoids it)
+    cuda, mps           F.linear (cuBLAS / Metal)
+    int8                torch._weight_int8pack_mm: int8 weights [out, in], one scale per output row,
+                        activations in bfloat16 (its fp32 and fp16 paths are many times slower on CPUs)
+
+Why not F.linear everywhere on the CPU: for fp32 it calls MKL's sgemm, which streams a [out, in] weight far below
+the memory bandwidth for one or a few rows; for bf16 it re-packs the weight on every call. benchmarks/decode.py
+measures each kernel's pass over the weights in the same run as the engines (its `kernels` table).
+
+int8 is weight-only, symmetric, per output channel: w ≈ scale[o] · q[o, i] with q in [-127, 127] and
+scale[o] = max_i |w[o, i]| / 127 (the rounding error of a weight is at most scale / 2). Embeddings and norms stay
+in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from modeldeck.registry.diagnostics import ModeldeckError
+
+__all__ = ["Int8Linear", "OneDNNLinear", "check_quantize", "quantize_int8", "use_kernels"]
+
+
+class OneDNNLinear(nn.Module):
+    """x @ weightᵀ + bias through oneDNN, on the CPU: the dense fp32 weight as it is, or a bf16 weight packed into
+    oneDNN's blocked layout once (an opaque tensor: same shape, nothing else reads it)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        if weight.dtype == torch.bfloat16:
+            weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return out
+
+
+def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (q [out, in] int8, scale [out]) with weight ≈ scale[:, None] * q."""
+    rows = weight.float()  # [out, in]
+    scale = rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127  # [out]
+    quantized = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [out, in]
+    return quantized, scale.to(scale_dtype)
+
+
+class Int8Linear(nn.Module):
+    """x @ (scale · q)ᵀ + bias with int8 weights q [out, in] and per-row scales, in the activations' dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        quantized, scale = quantize_int8(weight, dtype)
+        self.weight = nn.Parameter(quantized, requires_grad=False)
+        self.register_buffer("scale", scale)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)  # [B*T, in]
+        out = torch._weight_int8pack_mm(rows, self.weight, self.scale)  # [B*T, out]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def _kernel(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str | None) -> nn.Module | None:
+    """The kernel module for one weight, or None to keep F.linear."""
+    if quantize == "int8":
+        return Int8Linear(weight, bias, weight.dtype)
+    if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
+        return OneDNNLinear(weight, bias)
+    return None
+
+
+def check_quantize(quantize: str | None, device: torch.device, dtype: torch.dtype) -> None:
+    """Fail before loading when this torch has no kernel for `quantize` on `device` in `dtype`."""
+    if quantize is None:
+        return
+    if quantize != "int8":
+        raise ModeldeckError(f"quantize={quantize!r} is not supported; choose 'int8' or leave it unset")
+    if dtype != torch.bfloat16:
+        raise ModeldeckError(
+            f"quantize='int8' computes in bfloat16 (torch's int8 kernels are many times slower in {dtype}); "
+            "leave dtype unset or pass dtype='bfloat16'"
+        )
+    try:
+        probe = torch.zeros(1, 32, dtype=dtype, device=device)
+        torch._weight_int8pack_mm(probe, torch.zeros(8, 32, dtype=torch.int8, device=device), probe[0, :8])
+    except (RuntimeError, NotImplementedError) as exc:
+        raise ModeldeckError(
+            f"quantize='int8' has no kernel on {device} in torch {torch.__version__} ({str(exc).splitlines()[0]}); "
+            "run on the CPU, or load without quantize"
+        ) from None
+
+
+def use_kernels(decoder: nn.Module, quantize: str | None = None) -> None:
+    """Swap each nn.Linear of `decoder` for its kernel (see the table above), in place; a tied LM head (the
+    embedding matrix) gets a kernel of its own (an extra copy of that matrix) where the kernel needs one."""
+    for parent in list(decoder.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                kernel = _kernel(child.weight, child.bias, quantize)
+                if kernel is not None:
+                    setattr(parent, name, kernel)
+    if getattr(decoder, "lm_head", None) is None:
+        tied = _kernel(decoder.get_submodule("embed").weight, None, quantize)
+        head: Callable[[torch.Tensor], torch.Tensor] | None = None if tied is None else tied.forward
+        decoder.tied_head = head  # a plain attribute: not in the state_dict (the embedding is)
