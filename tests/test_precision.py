@@ -1,0 +1,124 @@
+"""Half precision and int8 weights against fp32, on the tiny parity checkpoints; the kernels against F.linear.
+
+The accuracy each precision costs, stated as bounds these tests pin (tiny random models, logits with a spread of
+about 0.8 per position):
+
+    precision                 max |logit - fp32 logit|     greedy choice
+    float16                   <= 0.01                      fp32's wherever fp32's top token leads by > 2 x bound
+    bfloat16                  <= 0.1                       ditto
+    int8 weights, bf16 math   <= 0.2                       ditto
+
+Free-running greedy text also agrees for long stretches, but a near-tie in a random model can flip one token and
+everything after it; the margin rule is the property that holds token for token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import torch.nn.functional as F  # noqa: E402
+
+from modeldeck import registry  # noqa: E402
+from modeldeck.registry.decoder import default_precision  # noqa: E402
+from modeldeck.registry.diagnostics import ModeldeckError  # noqa: E402
+from modeldeck.runtime.attention import get_backend  # noqa: E402
+from modeldeck.runtime.kernels import Int8Linear, OneDNNLinear, check_quantize, quantize_int8  # noqa: E402
+from modeldeck.runtime.loading import load_decoder  # noqa: E402
+from modeldeck.runtime.model import KVCache  # noqa: E402
+
+BOUNDS = {"float16": 0.01, "bfloat16": 0.1, "int8": 0.2}
+LENGTHS = (24, 40, 16)
+
+
+def load(ckpt, precision: str):
+    layout = registry.default().checkpoint_layouts()[ckpt.card.architecture.checkpoint_layout]
+    dtype = torch.bfloat16 if precision == "int8" else getattr(torch, precision)
+    quantize = "int8" if precision == "int8" else None
+    return load_decoder(ckpt.card, layout, Path(ckpt.directory), dtype, torch.device("cpu"), quantize=quantize)
+
+
+def logits(decoder, card, batch: list[list[int]]) -> torch.Tensor:
+    """fp32 logits [B, T, V] of a right-padded batch."""
+    longest = max(map(len, batch))
+    tokens = torch.tensor([p + [0] * (longest - len(p)) for p in batch])
+    cache = KVCache(card.architecture, len(batch), longest, decoder.embed.weight.dtype, "cpu")
+    with torch.inference_mode():
+        return decoder(tokens, cache, get_backend("sdpa"), start=torch.zeros(len(batch), dtype=torch.long)).float()
+
+
+@pytest.mark.parametrize("family", ["gpt-neox", "falcon", "falcon-7b", "llama"])
+@pytest.mark.parametrize("precision", list(BOUNDS))
+def test_half_precision_and_int8_stay_within_their_bounds_of_fp32(tiny_checkpoint, family, precision):
+    ckpt = tiny_checkpoint(family, tokenizer=False)
+    g = torch.Generator().manual_seed(0)
+    vocab = ckpt.card.architecture.vocab_size
+    batch = [torch.randint(20, min(vocab, 30000), (n,), generator=g).tolist() for n in LENGTHS]
+    exact = logits(load(ckpt, "float32"), ckpt.card, batch)
+    ours = logits(load(ckpt, precision), ckpt.card, batch)
+    bound = BOUNDS[precision]
+    checked = 0
+    for row, ids in enumerate(batch):
+        got, want = ours[row, : len(ids)], exact[row, : len(ids)]
+        assert (got - want).abs().max().item() <= bound
+        top2 = want.topk(2, dim=-1).values  # [T, 2]
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * bound  # positions where the bound cannot flip the choice
+        assert torch.equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+        checked += int(clear.sum())
+    assert checked >= 5  # the rule was exercised, not vacuous
+    assert (ours - exact).abs().max().item() > 0  # and the precision really differs from fp32
+
+
+def test_the_onednn_kernels_equal_f_linear():
+    g = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    x = torch.randn(3, 5, 64, generator=g)
+    assert torch.allclose(OneDNNLinear(weight, bias)(x), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
+    packed = OneDNNLinear(weight.bfloat16(), bias.bfloat16())  # packed once into oneDNN's layout
+    assert packed.weight.is_mkldnn and packed.weight.shape == (96, 64)
+    want = F.linear(x.bfloat16().float(), weight.bfloat16().float(), bias.bfloat16().float())
+    assert (packed(x.bfloat16()).float() - want).abs().max().item() <= 2**-7 * want.abs().max().item()  # bf16 output
+
+
+def test_int8_rounds_each_weight_to_within_half_a_step_of_its_rows_scale():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(40, 32, generator=g) * torch.linspace(0.01, 3, 40)[:, None]  # rows of very different size
+    quantized, scale = quantize_int8(weight, torch.float32)
+    assert quantized.dtype == torch.int8 and int(quantized.abs().max()) == 127
+    assert torch.equal(scale, weight.abs().amax(1) / 127)
+    assert ((quantized.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-7).all()
+    layer = Int8Linear(weight, torch.ones(40), torch.bfloat16)
+    x = torch.randn(2, 3, 32, generator=g).bfloat16()
+    dequantized = quantized.float() * scale.bfloat16().float()[:, None]
+    want = F.linear(x.float(), dequantized) + 1
+    assert layer(x).shape == (2, 3, 40)
+    assert (layer(x).float() - want).abs().max().item() <= 0.05 * want.abs().max().item()
+
+
+def test_a_quantization_that_cannot_run_is_refused_before_loading():
+    cpu = torch.device("cpu")
+    with pytest.raises(ModeldeckError, match=r"quantize='int4' is not supported; choose 'int8'"):
+        check_quantize("int4", cpu, torch.bfloat16)
+    with pytest.raises(ModeldeckError, match=r"computes in bfloat16.*dtype='bfloat16'"):
+        check_quantize("int8", cpu, torch.float32)
+    check_quantize("int8", cpu, torch.bfloat16)  # runs here
+
+
+def test_the_default_keeps_fp32_weights_and_runs_half_weights_as_this_cpu_computes_best(tiny_checkpoint, tmp_path):
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
+    layout = registry.default().checkpoint_layouts()["gpt-neox"]
+    cpu = torch.device("cpu")
+    fp32 = load_decoder(ckpt.card, layout, Path(ckpt.directory), None, cpu)
+    assert fp32.embed.weight.dtype == torch.float32 and fp32.precision == "the checkpoint's own dtype"
+    ckpt.reference.to(torch.float16).save_pretrained(tmp_path)
+    ckpt.reference.to(torch.float32)
+    half = load_decoder(ckpt.card, layout, tmp_path, None, cpu)
+    expected = default_precision("cpu", ckpt.card.dtype, "float16")
+    assert half.embed.weight.dtype == getattr(torch, expected.dtype) and half.precision == expected.reason
+    assert default_precision("cpu", "float16", "float16", bf16_native=True).dtype == "bfloat16"
+    assert default_precision("cpu", "float16", "float16", bf16_native=False).dtype == "float32"
+    assert default_precision("cpu", "float16", "float32", bf16_native=True).dtype == "float32"
