@@ -11,6 +11,14 @@ Defaults come from the card; every keyword overrides them.
 
 from __future__ import annotations
 
+import os
+
+# Transparent huge pages for torch's large CPU allocations (weights, packed weights, the KV cache): loading writes
+# gigabytes of fresh memory, and 2 MiB pages fault in several times faster than 4 KiB ones. torch reads this once,
+# at its first allocation, so it applies when modeldeck's runtime is imported before torch (as the CLI and the
+# server do); THP_MEM_ALLOC_ENABLE=0 turns it off.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 try:
     import torch  # noqa: F401
 except ImportError as exc:  # the registry works without torch; the runtime cannot

@@ -26,6 +26,7 @@ from modeldeck.runtime.generate import (
     new_sequence,
     resolve_options,
 )
+from modeldeck.runtime.graphs import check_graphs
 from modeldeck.runtime.kernels import check_quantize
 from modeldeck.runtime.loading import load_decoder
 from modeldeck.runtime.model import Decoder
@@ -63,10 +64,14 @@ class Model:
         tokenizer: TextTokenizer,
         attention: str | None = None,
         quantize: str | None = None,
+        cuda_graphs: bool = False,
     ):
         self.card, self.decoder, self.tokenizer = card, decoder, tokenizer
         self.backend = get_backend(choose_backend(attention, self.device, self.dtype))
         self.quantize = quantize  # the weight quantization, if any
+        self.cuda_graphs = cuda_graphs  # decode steps replay CUDA graphs (runtime/graphs.py)
+        if cuda_graphs:
+            check_graphs(self.device, self.backend.name)
 
     @property
     def precision(self) -> str:
@@ -135,7 +140,7 @@ class Model:
         if opts.num_return_sequences != 1:
             raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
         sequence = self.sequence(self.encode(prompt, system, raw), opts)
-        for _ in generate(self.decoder, [sequence], self.backend, self.tokenizer.pad_id):
+        for _ in generate(self.decoder, [sequence], self.backend, self.tokenizer.pad_id, self.cuda_graphs):
             if sequence.delta:
                 yield sequence.delta
 
@@ -160,7 +165,7 @@ class Model:
         n = opts.num_return_sequences
         encoded = [self.encode(p, system, raw) for p in prompts]
         sequences = [self.sequence(ids, opts, choice) for ids in encoded for choice in range(n)]
-        for _ in generate(self.decoder, sequences, self.backend, self.tokenizer.pad_id):
+        for _ in generate(self.decoder, sequences, self.backend, self.tokenizer.pad_id, self.cuda_graphs):
             pass
         results = []
         for p, prompt in enumerate(prompts):
@@ -237,6 +242,7 @@ def load(
     allow_pickle: bool = False,
     verify: bool = False,
     quantize: str | None = None,
+    cuda_graphs: bool = False,
 ) -> Model:
     """A card (id, alias, hub repo, or Card) -> a Model with weights from `weights=DIR`, the package, or the hub.
 
@@ -247,7 +253,8 @@ def load(
     `dtype=None` runs in the card's dtype on a GPU; on a CPU, float32 checkpoints in float32 and half-precision ones
     in bfloat16 where the CPU computes it natively, else float32 (registry/decoder.default_precision;
     `Model.precision` says why). `quantize="int8"`
-    stores the linear layers' weights as int8 with one scale per output row (runtime/kernels.py)."""
+    stores the linear layers' weights as int8 with one scale per output row (runtime/kernels.py). `cuda_graphs=True`
+    replays each decode step of `generate`/`stream` as a CUDA graph (runtime/graphs.py; CUDA with sdpa or eager)."""
     reg = registry.default()
     resolved = reg.get(card) if isinstance(card, str) else reg.resolve_card(card, f"card {card.id!r}")
     layout = reg.checkpoint_layouts()[resolved.architecture.checkpoint_layout]
@@ -259,6 +266,9 @@ def load(
     if verify:
         require_verified(resolved, directory, revision)
     where = _choose_device(device)
+    if cuda_graphs:
+        attention = "sdpa" if attention in (None, "auto") else attention  # the backends a graph can capture
+        check_graphs(where, attention)
     chosen = _requested_dtype(dtype, quantize)
     if chosen is not None or where.type == "cpu":  # fail before reading weights (on a CPU the dtype never matters)
         choose_backend(attention, where, chosen or torch.float32)
@@ -268,4 +278,4 @@ def load(
     decoder = load_decoder(resolved, layout, directory, chosen, where, allow_pickle, quantize)
     if quantize is not None and dtype is None:
         decoder.precision = f"{quantize} weights multiply bfloat16 activations"
-    return Model(resolved, decoder, tokenizer, attention, quantize)
+    return Model(resolved, decoder, tokenizer, attention, quantize, cuda_graphs)

@@ -32,6 +32,7 @@ from modeldeck.registry.decoder import ATTENTION_BUDGET, prefill_chunk
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import GenerationDefaults
 from modeldeck.runtime.attention import Backend
+from modeldeck.runtime.graphs import DecodeGraphs
 from modeldeck.runtime.model import Decoder, KVCache
 from modeldeck.runtime.text import TextStream
 
@@ -406,19 +407,23 @@ def decode_one_token(decoder: Decoder, tokens: torch.Tensor, cache: KVCache, bac
 
 
 @torch.inference_mode()
-def generate(decoder: Decoder, sequences: list[Sequence], backend: Backend, pad_id: int) -> Iterator[None]:
+def generate(
+    decoder: Decoder, sequences: list[Sequence], backend: Backend, pad_id: int, cuda_graphs: bool = False
+) -> Iterator[None]:
     """A static batch: prefill every prompt together, then `step` and decode until every sequence has finished,
-    yielding after each step (read each sequence's `delta` and `finish` then)."""
-    parameter = next(decoder.parameters())
+    yielding after each step (read each sequence's `delta` and `finish` then). `cuda_graphs`: each decode step
+    replays a captured CUDA graph (runtime/graphs.py)."""
+    weight = decoder.embed.weight  # the compute dtype and device
     capacity = max(map(len, (s.prompt for s in sequences))) + max(s.opts.max_new_tokens for s in sequences)
-    cache = KVCache(decoder.arch, len(sequences), capacity, parameter.dtype, parameter.device)
+    cache = KVCache(decoder.arch, len(sequences), capacity, weight.dtype, weight.device)
     logits = prefill(decoder, [s.prompt for s in sequences], cache, backend, pad_id)
+    graphs = DecodeGraphs(decoder, cache, backend) if cuda_graphs else None
     while True:
         tokens = step(sequences, logits)
         yield
         if all(s.finish is not None for s in sequences):
             return
-        logits = decode_one_token(decoder, tokens, cache, backend)
+        logits = decode_one_token(decoder, tokens, cache, backend) if graphs is None else graphs(tokens)
 
 
 def generate_tokens(
@@ -428,12 +433,13 @@ def generate_tokens(
     backend: Backend,
     eos: Collection[int],
     pad_id: int,
+    cuda_graphs: bool = False,
 ) -> Iterator[list[tuple[int, int]]]:
     """Token-level `generate` without a tokenizer (no text, no stop strings): yields, per step, (prompt index, new
     token) for every sequence that took one. Each prompt is one choice, seeded as Model.generate seeds choice 0."""
     sequences = [new_sequence(decoder, ids, opts, eos) for ids in prompts]
     counts = [0] * len(sequences)
-    for _ in generate(decoder, sequences, backend, pad_id):
+    for _ in generate(decoder, sequences, backend, pad_id, cuda_graphs):
         events = []
         for i, s in enumerate(sequences):
             if len(s.generated) > counts[i]:

@@ -23,12 +23,15 @@ in the compute dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from modeldeck.registry.diagnostics import ModeldeckError
+
+if TYPE_CHECKING:
+    from modeldeck.runtime.model import Decoder
 
 __all__ = ["Int8Linear", "OneDNNLinear", "check_quantize", "quantize_int8", "use_kernels"]
 
@@ -66,6 +69,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         quantized, scale = quantize_int8(weight, dtype)
         self.weight = nn.Parameter(quantized, requires_grad=False)
+        self.scale: torch.Tensor
         self.register_buffer("scale", scale)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
 
@@ -107,7 +111,7 @@ def check_quantize(quantize: str | None, device: torch.device, dtype: torch.dtyp
         ) from None
 
 
-def use_kernels(decoder: nn.Module, quantize: str | None = None) -> None:
+def use_kernels(decoder: Decoder, quantize: str | None = None) -> None:
     """Swap each nn.Linear of `decoder` for its kernel (see the table above), in place; a tied LM head (the
     embedding matrix) gets a kernel of its own (an extra copy of that matrix) where the kernel needs one."""
     for parent in list(decoder.modules()):
@@ -116,7 +120,6 @@ def use_kernels(decoder: nn.Module, quantize: str | None = None) -> None:
                 kernel = _kernel(child.weight, child.bias, quantize)
                 if kernel is not None:
                     setattr(parent, name, kernel)
-    if getattr(decoder, "lm_head", None) is None:
-        tied = _kernel(decoder.get_submodule("embed").weight, None, quantize)
-        head: Callable[[torch.Tensor], torch.Tensor] | None = None if tied is None else tied.forward
-        decoder.tied_head = head  # a plain attribute: not in the state_dict (the embedding is)
+    if decoder.lm_head is None:
+        tied = _kernel(decoder.embed.weight, None, quantize)
+        decoder.tied_head = None if tied is None else tied.forward  # a plain attribute: not in the state_dict

@@ -96,7 +96,7 @@ def _check(card: Card, layout: CheckpointLayout, checkpoint: Checkpoint) -> None
 
 def _reorder_qkv(tensor: torch.Tensor, layout: CheckpointLayout, arch: Architecture, out: torch.Tensor) -> None:
     """Fused QKV rows (weight [rows, in] or bias [rows]) in the checkpoint's order, written into `out` as
-    [q heads | k heads | v heads]: one pass that also converts the dtype (no intermediate copies)."""
+    [q heads | k heads | v heads] (a strided copy: `out` in the tensor's dtype is the fast case)."""
     rest = tensor.shape[1:]
     heads, kv, dim = arch.heads, arch.kv_heads, arch.head_dim
     q_out, k_out, v_out = torch.split(out, [heads * dim, kv * dim, kv * dim])
@@ -120,15 +120,17 @@ def _convert(
     device: torch.device,
 ) -> torch.Tensor:
     """A checkpoint tensor as the decoder's: transposed and/or QKV-reordered, in `dtype` on `device`, copied once
-    (or not at all: a memory-mapped tensor already in the right dtype, layout and device is used as it is)."""
+    (a QKV that changes dtype: twice) or not at all (a memory-mapped tensor already in the right dtype, layout and
+    device is used as it is)."""
     if template in layout.transposed:
         tensor = tensor.t()
     if template.startswith("blocks.{i}.attn.qkv.") and layout.qkv in ("per_head", "grouped"):
-        out = torch.empty(tensor.shape, dtype=dtype, device=device)
-        _reorder_qkv(tensor.to(device), layout, arch, out)
+        tensor = tensor.to(device=device, dtype=dtype)  # converted whole, then reordered within one dtype: a
+        out = torch.empty(tensor.shape, dtype=dtype, device=device)  # strided copy that also converts is slower
+        _reorder_qkv(tensor, layout, arch, out)
         return out
     if tensor.is_contiguous():
-        return tensor.to(device=device, dtype=dtype)
+        return tensor.to(device=device, dtype=dtype)  # the mapped file's tensor itself when nothing changes
     return torch.empty(tensor.shape, dtype=dtype, device=device).copy_(tensor)
 
 

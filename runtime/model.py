@@ -201,15 +201,22 @@ class Block(nn.Module):
 class Context:
     """What every layer of one forward pass shares: cache, positions, rotary tables, the backend's mask.
 
-    Built once per forward pass, with one read of `start` from the device (its lowest and highest value)."""
+    Built once per forward pass, with one read of `start` from the device (its lowest and highest value), or
+    none when `static`: then every shape is fixed by the cache (all of its positions are read, masked), so the
+    pass has no host synchronisation and can be captured in a CUDA graph (runtime/graphs.py)."""
 
-    def __init__(self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, backend: Backend):
+    def __init__(
+        self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, backend: Backend, static: bool
+    ):
         self.cache, self.start, self.backend = cache, start, backend
-        lowest, highest = (int(n) for n in torch.aminmax(start))
-        self.uniform = lowest if lowest == highest else None  # the start all sequences share, if they do
-        self.used = backend.keys(highest, queries, cache.capacity, decoder.alibi is not None)  # cache positions read
+        if static:
+            self.uniform, self.used, every_key = None, cache.capacity, False
+        else:
+            lowest, highest = (int(n) for n in torch.aminmax(start))
+            self.uniform = lowest if lowest == highest else None  # the start all sequences share, if they do
+            self.used = backend.keys(highest, queries, cache.capacity, decoder.alibi is not None)  # positions read
+            every_key = self.uniform is not None and queries == 1 and self.used == highest + 1
         # The mask carries the causal rule and, for ALiBi models, the bias (runtime/attention.py builds both).
-        every_key = self.uniform is not None and queries == 1 and self.used == highest + 1
         self.mask = backend.prepare(start, queries, self.used, decoder.alibi, decoder.embed.weight.dtype, every_key)
         self.rotary_dims = decoder.rotary_dims
         self.cos = self.sin = torch.empty(0)
@@ -261,14 +268,16 @@ class Decoder(nn.Module):
         backend: Backend,
         start: torch.Tensor | None = None,
         last: torch.Tensor | None = None,
+        static: bool = False,
     ) -> torch.Tensor:
         """Logits for `tokens` [B, T] placed after `start[b]` cached tokens (default: the cache's lengths).
 
         With `last` [B] (each sequence's last real query index), returns logits [B, V] for those
         positions only; otherwise [B, T, V]. The cache's lengths are not advanced: the caller does.
+        `static`: shapes fixed by the cache and no host synchronisation (see Context), for CUDA graphs.
         """
         start = cache.lengths if start is None else start
-        ctx = Context(self, cache, start, tokens.shape[1], backend)
+        ctx = Context(self, cache, start, tokens.shape[1], backend, static)
         x = self.embed(tokens)  # [B, T, d]
         if self.arch.multipliers.embedding != 1.0:
             x = x * self.arch.multipliers.embedding

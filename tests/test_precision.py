@@ -27,6 +27,7 @@ from modeldeck import registry  # noqa: E402
 from modeldeck.registry.decoder import default_precision  # noqa: E402
 from modeldeck.registry.diagnostics import ModeldeckError  # noqa: E402
 from modeldeck.runtime.attention import get_backend  # noqa: E402
+from modeldeck.runtime.generate import prefill  # noqa: E402
 from modeldeck.runtime.kernels import Int8Linear, OneDNNLinear, check_quantize, quantize_int8  # noqa: E402
 from modeldeck.runtime.loading import load_decoder  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
@@ -122,3 +123,55 @@ def test_the_default_keeps_fp32_weights_and_runs_half_weights_as_this_cpu_comput
     assert default_precision("cpu", "float16", "float16", bf16_native=True).dtype == "bfloat16"
     assert default_precision("cpu", "float16", "float16", bf16_native=False).dtype == "float32"
     assert default_precision("cpu", "float16", "float32", bf16_native=True).dtype == "float32"
+
+
+# --- the static forward and CUDA graphs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["gpt-neox", "falcon", "llama"])
+def test_the_static_forward_for_cuda_graphs_equals_the_dynamic_one(tiny_checkpoint, family):
+    """The capturable pass (every cache position read, masked; no host reads of `start`) decodes the same logits
+    for a batch whose sequences sit at different lengths."""
+    ckpt = tiny_checkpoint(family, tokenizer=False)
+    decoder = load(ckpt, "float32")
+    batch = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+
+    def decode(static: bool) -> torch.Tensor:
+        cache = KVCache(ckpt.card.architecture, len(batch), 12, torch.float32, "cpu")
+        prefill(decoder, batch, cache, get_backend("sdpa"), 0)
+        steps = []
+        for token in (21, 22, 23):
+            tokens = torch.full((len(batch), 1), token)
+            with torch.inference_mode():
+                steps.append(decoder(tokens, cache, get_backend("sdpa"), static=static)[:, 0])
+            cache.lengths = cache.lengths + 1
+        return torch.stack(steps)  # [steps, B, V]
+
+    torch.testing.assert_close(decode(static=True), decode(static=False), atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_run():
+    from modeldeck.runtime.graphs import check_graphs
+
+    with pytest.raises(ModeldeckError, match=r"cuda_graphs=True needs a CUDA device \(the model is on cpu\)"):
+        check_graphs(torch.device("cpu"), "sdpa")
+    with pytest.raises(ModeldeckError, match=r"cannot capture the xformers backend.*attention='sdpa'"):
+        check_graphs(torch.device("cuda"), "xformers")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decoding_equals_launching_each_kernel(tiny_checkpoint):
+    from modeldeck import runtime
+    from modeldeck.runtime.generate import generate_tokens, resolve_options
+
+    ckpt = tiny_checkpoint("llama")
+    model = runtime.load(ckpt.card, weights=ckpt.directory, device="cuda", dtype="float32", attention="sdpa")
+    opts = resolve_options(model.card.generation, [], {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False,
+                                                      "num_return_sequences": 1})  # fmt: skip
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+
+    def run(graphs: bool) -> list[list[tuple[int, int]]]:
+        return list(generate_tokens(model.decoder, prompts, opts, model.backend, [], 0, cuda_graphs=graphs))
+
+    assert run(True) == run(False)
