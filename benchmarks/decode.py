@@ -1,70 +1,60 @@
-"""CPU decode speed, load-to-first-token and peak memory: modeldeck's runtime vs transformers, side by side.
+"""The CPU speed report: modeldeck vs transformers vs llama.cpp vs the floors, measured side by side in one run.
 
-For random checkpoints shaped like pythia-160m and pythia-1.4b (the exact Hugging Face layout: config.json +
-model.safetensors stored in float16, both engines load them as float32 on the CPU), one run measures:
+For random checkpoints shaped like pythia-160m, -410m and -1.4b (the exact Hugging Face layout, stored in float16
+as Pythia is), one run measures, for each engine and precision:
 
-    decode tok/s     greedy, a 32-token prompt, N new tokens (exactly N: eos is forbidden by min_new_tokens),
-                     batch 1 and batch 8; tokens/s = (N - 1) x batch / time after the first token, so prefill
-                     is excluded (it is reported on its own); best of --repeats
-    roofline         memory bandwidth measured in the same run (fp32 sum and GEMV over 512 MiB, best of 5),
-                     divided by the bytes batch-1 decode reads per token (every weight but the input embedding,
-                     plus the KV cache at the average context); each engine's batch-1 tok/s as a fraction of it
-    load-to-first    from launching a fresh interpreter to the first generated token: imports, reading the
-                     checkpoint, prefill and one token (modeldeck: runtime.load; transformers: from_pretrained)
-    peak RSS         ru_maxrss of that fresh process after loading and all the generation above
+    decode tok/s b1, b8   greedy, a 32-token prompt, N new tokens (exactly N: eos is forbidden), tokens after the
+                          first / time after the first
+    prefill tok/s         a P-token prompt to its first token
+    first token s         load-to-first-token from launching a fresh interpreter (imports, reading the checkpoint,
+                          a 32-token prefill and one token), beside the load floor: an interpreter that imports
+                          torch, maps the checkpoint and touches every page of it
+    agreement             leading greedy batch-1 tokens equal to modeldeck float32's
 
-Each engine runs in its own subprocess, one after another, with the same token ids and torch.set_num_threads.
-The checkpoint was just written, so both engines read it from the page cache. Needs the GPT-NeoX tokenizer
-(modeldeck's loader reads it even though only token ids are used) from ../shared/reference/tokenizers.
+and the floors for each shape and dtype (benchmarks/decode_worker.py): one batch-1 pass over every weight with
+F.linear ("torch's GEMV pass") and with the kernel modeldeck uses, and the streaming-read bandwidth divided by
+the bytes of those weights (the memory roofline).
 
-    .venv/bin/python benchmarks/decode.py [--shapes 160m,1.4b] [--new-tokens 64] [--repeats 3] [--out FILE]
+Engines: modeldeck at its default precision (what `runtime.load` picks on this CPU) and at float32, bfloat16,
+float16 and int8 weights; transformers at float32, bfloat16 and float16; llama.cpp (benchmarks/llamacpp.py, from
+a benchmark-only environment built by scripts/llama-cpp-env; skipped with the reason when absent) at f32, f16 and
+q8_0, batch 1. Every measurement is a fresh process; the engines take turns within each round (interleaved) and
+the report gives medians over rounds. A trial during which other processes took more than --max-others of the
+CPU time is discarded (the share is read from /proc/stat around the trial), so a busy machine shows up as
+discarded trials rather than as slow engines.
+
+    .venv/bin/python benchmarks/decode.py [--shapes 160m,410m,1.4b] [--rounds 3] [--new-tokens 32] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import decode_worker
+import llamacpp
+from decode_worker import SHAPES, VOCAB
+
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO.parent / "shared" / "reference" / "tokenizers" / "gpt-neox" / "tokenizer.json"
-SHAPES = {  # pythia-160m and pythia-1.4b: vocab 50304, rotary 0.25, parallel residual, untied embeddings
-    "160m": {"layers": 12, "hidden_size": 768, "heads": 12, "ffn_size": 3072},
-    "1.4b": {"layers": 24, "hidden_size": 2048, "heads": 16, "ffn_size": 8192},
-}
-VOCAB, PROMPT_TOKENS, BATCHES, PAD = 50304, 32, (1, 8), 1
-ENGINES = ("modeldeck", "transformers")
+WORKER = Path(__file__).resolve().parent / "decode_worker.py"
+MODELDECK = ("default", "float32", "bfloat16", "float16", "int8")
+TRANSFORMERS = ("float32", "bfloat16", "float16")
+LLAMACPP = ("f32", "f16", "q8_0")
+FLOORS = ("float32", "bfloat16", "float16", "int8")
 
 
 # --- the checkpoint ---------------------------------------------------------------------------------
-
-
-def hf_config(shape: dict):
-    import transformers
-
-    return transformers.GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=shape["hidden_size"],
-        num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"],
-        intermediate_size=shape["ffn_size"],
-        rotary_pct=0.25,
-        rotary_emb_base=10000,
-        max_position_embeddings=2048,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        layer_norm_eps=1e-5,
-        bos_token_id=0,
-        eos_token_id=0,
-        torch_dtype="float16",
-    )
 
 
 def build_checkpoint(shape: dict, directory: Path) -> int:
@@ -73,7 +63,12 @@ def build_checkpoint(shape: dict, directory: Path) -> int:
     import transformers
     from safetensors.torch import save_file
 
-    config = hf_config(shape)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=shape["hidden_size"], num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"], intermediate_size=shape["ffn_size"], rotary_pct=0.25,
+        rotary_emb_base=10000, max_position_embeddings=2048, use_parallel_residual=True, tie_word_embeddings=False,
+        layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, torch_dtype="float16",
+    )  # fmt: skip
     with torch.device("meta"):
         state = transformers.GPTNeoXForCausalLM(config).state_dict()
     # stored as save_pretrained (and EleutherAI's checkpoints) name them: the LM head is `embed_out`
@@ -93,136 +88,66 @@ def build_checkpoint(shape: dict, directory: Path) -> int:
     return sum(size.numel() for size in names.values())
 
 
-def modeldeck_card(shape: dict):
-    from modeldeck import registry
-    from modeldeck.plugins import pythia
-
-    data = pythia.card_data("pythia-1.4b")
-    data["id"], data["aliases"], data["parameters"] = "bench", [], {}
-    data["architecture"] = {**data["architecture"], **shape, "kv_heads": shape["heads"]}
-    return registry.default().resolve_card(registry.card_from_data(data, "bench"), "bench")
+# --- trials -----------------------------------------------------------------------------------------
 
 
-# --- the hardware limit -----------------------------------------------------------------------------
+def cpu_busy() -> float:
+    """CPU-seconds all processes of the machine have spent busy so far (/proc/stat), or 0 where there is none."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    jiffies = [int(x) for x in fields]
+    idle = jiffies[3] + (jiffies[4] if len(jiffies) > 4 else 0)
+    return (sum(jiffies[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def bandwidth(threads: int) -> dict[str, float]:
-    """GB/s reading (sum, GEMV) and copying (read + write) 512 MiB of fp32, best of 5."""
-    import torch
-
-    torch.set_num_threads(threads)
-    x = torch.ones(128 * 2**20)
-    y = torch.empty_like(x)
-    w, v = x.view(16384, 8192), torch.ones(8192)
-    cases = {"sum": (lambda: x.sum(), 1), "copy": (lambda: y.copy_(x), 2), "gemv": (lambda: torch.mv(w, v), 1)}
-    found = {}
-    for name, (fn, passes) in cases.items():
-        fn()
-        best = min(timed(fn) for _ in range(5))
-        found[name] = passes * x.numel() * 4 / best / 1e9
-    return found
+def ours() -> float:
+    """CPU-seconds this process and its finished children have used."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def bytes_per_token(shape: dict, params: int, new_tokens: int) -> int:
-    """fp32 bytes batch-1 decode reads per token: all weights but the input embedding (one row), plus the KV cache."""
-    hidden = shape["hidden_size"]
-    context = PROMPT_TOKENS + new_tokens / 2
-    return int(4 * (params - VOCAB * hidden + hidden) + 4 * 2 * shape["layers"] * context * hidden)
-
-
-# --- one engine in a fresh process ------------------------------------------------------------------
-
-
-def prompts(batch: int) -> list[list[int]]:
-    import torch
-
-    generator = torch.Generator().manual_seed(batch)
-    return torch.randint(2, 50000, (batch, PROMPT_TOKENS), generator=generator).tolist()
-
-
-def worker(args: argparse.Namespace) -> None:
-    """Load one engine, time the first token, then decode; prints one JSON line."""
-    start = time.perf_counter()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    if args.worker == "modeldeck":
-        from modeldeck import runtime
-        from modeldeck.runtime.generate import generate_tokens, resolve_options
-    else:
-        import transformers
-        from transformers.generation.streamers import BaseStreamer
-    imported = time.perf_counter()
-
-    if args.worker == "modeldeck":
-        model = runtime.load(modeldeck_card(SHAPES[args.shape]), weights=args.checkpoint, device="cpu", dtype="float32")
-
-        def generate(ids: list[list[int]], n: int) -> tuple[float, float, list[list[int]]]:
-            opts = resolve_options(model.card.generation, [], {"max_new_tokens": n, "min_new_tokens": n})
-            out: list[list[int]] = [[] for _ in ids]
-            began, first = time.perf_counter(), None
-            for events in generate_tokens(model.decoder, ids, opts, model.backend, [], PAD):
-                first = first or time.perf_counter()
-                for index, token in events:
-                    out[index].append(token)
-            return first - began, time.perf_counter() - first, out
-
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(args.checkpoint, dtype=torch.float32).eval()
-
-        class Clock(BaseStreamer):  # put(): the prompt, then every new token as it is chosen
-            def __init__(self) -> None:
-                self.times: list[float] = []
-
-            def put(self, value) -> None:
-                self.times.append(time.perf_counter())
-
-            def end(self) -> None:
-                pass
-
-        def generate(ids: list[list[int]], n: int) -> tuple[float, float, list[list[int]]]:
-            tokens, clock = torch.tensor(ids), Clock()
-            began = time.perf_counter()
-            out = model.generate(
-                tokens, attention_mask=torch.ones_like(tokens), do_sample=False, min_new_tokens=n,
-                max_new_tokens=n, pad_token_id=PAD, streamer=clock,
-            )  # fmt: skip
-            return clock.times[1] - began, time.perf_counter() - clock.times[1], out[:, tokens.shape[1] :].tolist()
-
-    loaded = time.perf_counter()
-    prefill, _, first = generate(prompts(1), 1)
-    result = {
-        "import_s": imported - start,
-        "load_s": loaded - imported,
-        "first_token_s": time.time() - args.started,  # from launching this interpreter
-        "prefill_b1_s": prefill,
-        "peak_rss_first_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "first_token": first[0][0],
-    }
-    for batch in BATCHES:
-        runs = [generate(prompts(batch), args.new_tokens) for _ in range(args.repeats)]
-        result[f"tok_s_b{batch}"] = max((args.new_tokens - 1) * batch / decode for _, decode, _ in runs)
-        result[f"tokens_b{batch}"] = runs[0][2][0]
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps(result))
-
-
-def run_engine(engine: str, shape: str, checkpoint: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--worker", engine, "--shape", shape, "--checkpoint", str(checkpoint)]
-    cmd += ["--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), "--threads", str(args.threads)]
-    done = subprocess.run([*cmd, "--started", repr(time.time())], capture_output=True, text=True, check=False)
+def trial(cmd: list[str], stdin: str | None = None) -> tuple[dict, float]:
+    """Run one measurement process; returns its JSON and the share of the machine's CPU others took meanwhile."""
+    busy, mine, began = cpu_busy(), ours(), time.perf_counter()
+    done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - began
+    others = max(0.0, (cpu_busy() - busy) - (ours() - mine)) / (wall * (os.cpu_count() or 1))
     if done.returncode != 0:
-        sys.exit(f"{engine} on {shape} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), others
+
+
+def worker(spec: dict) -> tuple[dict, float]:
+    return trial([sys.executable, str(WORKER), json.dumps({**spec, "launched": time.time()})])
+
+
+def llamacpp_trial(checkpoint: Path, outtype: str, args: argparse.Namespace) -> tuple[dict, float]:
+    gguf = llamacpp.convert(checkpoint, llamacpp.gguf_path(checkpoint, outtype), outtype)
+    busy, mine, began = cpu_busy(), ours(), time.perf_counter()
+    result = llamacpp.measure(gguf, decode_worker.prompts(1)[0], args.new_tokens, args.threads, 1)
+    wall = time.perf_counter() - began
+    others = max(0.0, (cpu_busy() - busy) - (ours() - mine)) / (wall * (os.cpu_count() or 1))
+    return result, others
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 # --- the report -------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def agreement(a: list[int] | None, b: list[int] | None) -> str:
+    if not a or not b:
+        return "-"
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return f"{same}/{min(len(a), len(b))}"
 
 
 def machine(threads: int) -> str:
@@ -231,77 +156,198 @@ def machine(threads: int) -> str:
 
     cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").exists() else ""
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
     return (
-        f"{cpu or platform.processor()}, {threads} threads; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}"
+        f"{cpu or platform.processor()} ({', '.join(features)}), {threads} threads; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
     )
 
 
-def agreement(a: list[int], b: list[int]) -> int:
-    """How many leading greedy tokens two engines share."""
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+def collect(name: str, args: argparse.Namespace, checkpoint: Path) -> dict:
+    """Every trial of one shape: `rounds` rounds, each running every engine configuration once, in turn."""
+    configs = [("modeldeck", p) for p in args.modeldeck] + [("transformers", p) for p in args.transformers]
+    skipped = llamacpp.available() if args.llamacpp else "not asked for"
+    if skipped is None:
+        configs += [("llama.cpp", p) for p in args.llamacpp]
+    runs: dict[str, list[tuple[dict, float]]] = {f"{e} {p}": [] for e, p in configs}
+    base = {"kind": "engine", "shape": name, "checkpoint": str(checkpoint), "threads": args.threads}
+    base |= {"new_tokens": args.new_tokens, "prefill_tokens": args.prefill_tokens, "batches": [1, 8]}
+    floors: dict[str, list[tuple[dict, float]]] = {p: [] for p in FLOORS}
+    mmap_runs: list[tuple[dict, float]] = []
+    for round_ in range(args.rounds):
+        for engine, precision in configs:
+            key = f"{engine} {precision}"
+            print(f"  {name} round {round_ + 1}/{args.rounds}: {key}", file=sys.stderr, flush=True)
+            if engine == "llama.cpp":
+                runs[key].append(llamacpp_trial(checkpoint, precision, args))
+            else:
+                runs[key].append(worker({**base, "engine": engine, "precision": precision}))
+        spec = {"kind": "mmap", "checkpoint": str(checkpoint)}
+        mmap_runs.append(worker(spec))
+        for precision in FLOORS:
+            floors[precision].append(worker({"kind": "floor", "shape": name, "precision": precision, "threads": 2}))
+    return {"runs": runs, "floors": floors, "mmap": mmap_runs, "llamacpp_skipped": skipped}
+
+
+def kept(trials: list[tuple[dict, float]], limit: float) -> list[dict]:
+    return [result for result, others in trials if others <= limit]
+
+
+def summarize(name: str, params: int, data: dict, limit: float) -> tuple[dict, list[str]]:
+    """Medians of the kept trials of one shape, and its Markdown table."""
+    summary: dict = {"parameters": params, "engines": {}, "floors": {}}
+    for key, trials in data["runs"].items():
+        good = kept(trials, limit)
+        row: dict = {"trials": f"{len(good)}/{len(trials)}", "others": [round(o, 3) for _, o in trials]}
+        for metric in ("tok_s_b1", "tok_s_b8", "prefill_tok_s", "first_token_s", "peak_rss_gb"):
+            row[metric] = median([r[metric] for r in good if metric in r])
+        if "prefill_b1_s" in (good[0] if good else {}):  # llama.cpp: a 32-token prompt's prefill
+            row["prefill_tok_s"] = median([decode_worker.PROMPT_TOKENS / r["prefill_b1_s"] for r in good])
+        row["tokens_b1"] = good[0].get("tokens_b1") if good else None
+        row["dtype"] = good[0].get("dtype") if good else None
+        row["why"] = good[0].get("why") if good else None
+        summary["engines"][key] = row
+    passes = {p: kept(trials, limit) for p, trials in data["floors"].items()}
+    # The machine's read bandwidth: the fastest stream over memory any method reached in this run (a 1 GiB sum,
+    # or a batch-1 pass over weights far larger than the caches).
+    rates = [r["sum_gb_s"] for good in passes.values() for r in good]
+    rates += [
+        r["weight_bytes"] / r[k] / 1e9 for good in passes.values() for r in good for k in r if k.endswith("_pass_s")
+    ]
+    bandwidth = max(rates, default=None)
+    summary["read_gb_s"] = bandwidth
+    for precision, good in passes.items():
+        if not good or bandwidth is None:
+            continue
+        summary["floors"][precision] = {
+            "f_linear_tok_s": median([1 / r["f_linear_pass_s"] for r in good if "f_linear_pass_s" in r]),
+            "kernel_tok_s": median([1 / r["kernel_pass_s"] for r in good]),
+            "roofline_tok_s": bandwidth * 1e9 / good[0]["weight_bytes"],
+        }
+    summary["load_floor_s"] = median([r["done_s"] for r in kept(data["mmap"], limit)])
+    summary["llamacpp_skipped"] = data["llamacpp_skipped"]
+    reference = summary["engines"].get("modeldeck float32", {}).get("tokens_b1")
+    lines = [
+        f"**{name}** ({params / 1e6:,.0f}M parameters; load floor {fmt(summary['load_floor_s'], 2)} s; memory read "
+        f"{fmt(bandwidth)} GB/s)",
+        "",
+        "| engine | dtype | decode tok/s b1 | decode tok/s b8 | prefill tok/s | first token s | peak RSS GB "
+        "| greedy = md fp32 | trials kept |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, row in summary["engines"].items():
+        lines.append(
+            f"| {key} | {row['dtype'] or '-'} | {fmt(row['tok_s_b1'])} | {fmt(row['tok_s_b8'])} "
+            f"| {fmt(row['prefill_tok_s'])} | {fmt(row['first_token_s'], 2)} | {fmt(row['peak_rss_gb'], 2)} "
+            f"| {agreement(row['tokens_b1'], reference)} | {row['trials']} |"
+        )
+    if summary["llamacpp_skipped"] and summary["llamacpp_skipped"] != "not asked for":
+        lines.append(f"| llama.cpp | {summary['llamacpp_skipped']} |||||||| ")
+    lines += ["", "| floor, batch 1 | F.linear pass tok/s | modeldeck's kernel pass tok/s | memory roofline tok/s |"]
+    lines.append("|---|---:|---:|---:|")
+    for precision, f in summary["floors"].items():
+        lines.append(
+            f"| {precision} | {fmt(f['f_linear_tok_s'])} | {fmt(f['kernel_tok_s'])} | {fmt(f['roofline_tok_s'])} |"
+        )
+    return summary, lines
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def verdicts(name: str, s: dict) -> list[str]:
+    """The issue's acceptance ratios for one shape, from its summary."""
+    e, floors = s["engines"], s["floors"]
+
+    def get(key: str, metric: str) -> float | None:
+        return e.get(key, {}).get(metric)
+
+    default = e.get("modeldeck default", {})
+    dtype = default.get("dtype") or "float32"
+    hf_same = f"transformers {dtype}"
+    best_hf = {m: max((get(f"transformers {p}", m) or 0 for p in TRANSFORMERS), default=0) or None for m in
+               ("prefill_tok_s", "tok_s_b8")}  # fmt: skip
+    lines = [
+        f"- {name}: default = {dtype} ({default.get('why') or '-'})",
+        f"  - b1 / torch's GEMV pass ({dtype}, F.linear): {ratio(get('modeldeck default', 'tok_s_b1'), floors.get(dtype, {}).get('f_linear_tok_s'))}; "
+        f"/ modeldeck's kernel pass: {ratio(get('modeldeck default', 'tok_s_b1'), floors.get(dtype, {}).get('kernel_tok_s'))}; "
+        f"/ memory roofline: {ratio(get('modeldeck default', 'tok_s_b1'), floors.get(dtype, {}).get('roofline_tok_s'))}",
+        f"  - vs {hf_same}: b1 {ratio(get('modeldeck default', 'tok_s_b1'), get(hf_same, 'tok_s_b1'))}, "
+        f"b8 {ratio(get('modeldeck default', 'tok_s_b8'), get(hf_same, 'tok_s_b8'))}",
+        f"  - prefill vs modeldeck fp32 {ratio(get('modeldeck default', 'prefill_tok_s'), get('modeldeck float32', 'prefill_tok_s'))}, "
+        f"vs transformers' best {ratio(get('modeldeck default', 'prefill_tok_s'), best_hf['prefill_tok_s'])}; "
+        f"b8 vs modeldeck fp32 {ratio(get('modeldeck default', 'tok_s_b8'), get('modeldeck float32', 'tok_s_b8'))}, "
+        f"vs transformers' best {ratio(get('modeldeck default', 'tok_s_b8'), best_hf['tok_s_b8'])}",
+        f"  - int8 / fp32 b1: {ratio(get('modeldeck int8', 'tok_s_b1'), get('modeldeck float32', 'tok_s_b1'))}",
+        f"  - vs llama.cpp b1: f32 {ratio(get('modeldeck float32', 'tok_s_b1'), get('llama.cpp f32', 'tok_s_b1'))}, "
+        f"half (default vs f16) {ratio(get('modeldeck default', 'tok_s_b1'), get('llama.cpp f16', 'tok_s_b1'))}, "
+        f"int8 vs q8_0 {ratio(get('modeldeck int8', 'tok_s_b1'), get('llama.cpp q8_0', 'tok_s_b1'))}",
+        f"  - load-to-first-token / floor: {ratio(get('modeldeck default', 'first_token_s'), s['load_floor_s'])}",
+    ]
+    return lines
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="160m,410m,1.4b", help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--modeldeck", default=",".join(MODELDECK), help="modeldeck precisions ('' for none)")
+    parser.add_argument("--transformers", default=",".join(TRANSFORMERS), help="transformers dtypes ('' for none)")
+    parser.add_argument("--llamacpp", default=",".join(LLAMACPP), help="llama.cpp GGUF types ('' for none)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the report gives medians")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--prefill-tokens", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-others", type=float, default=0.10, help="discard trials where others took more CPU")
+    parser.add_argument("--checkpoints", type=Path, help="keep (and reuse) the random checkpoints here")
+    parser.add_argument("--out", type=Path, help="write decode.json and decode.md here")
+    args = parser.parse_args(argv)
+    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if unknown := [s for s in args.shapes if s not in SHAPES]:
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    for option, allowed in (("modeldeck", MODELDECK), ("transformers", TRANSFORMERS), ("llamacpp", LLAMACPP)):
+        chosen = [p.strip() for p in getattr(args, option).split(",") if p.strip()]
+        if unknown := [p for p in chosen if p not in allowed]:
+            parser.error(f"--{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+        setattr(args, option, chosen)
+    if args.rounds < 1 or args.new_tokens < 2 or args.prefill_tokens < 1:
+        parser.error("--rounds must be >= 1, --new-tokens >= 2 and --prefill-tokens >= 1")
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default="160m,1.4b", help=f"comma-separated, of {', '.join(SHAPES)}")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="best of N for the throughput numbers")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--checkpoints", type=Path, help="keep (and reuse) the random checkpoints here")
-    parser.add_argument("--out", type=Path, help="also write the Markdown report here")
-    for hidden in ("--worker", "--shape", "--checkpoint", "--started"):
-        parser.add_argument(hidden, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        args.started = float(args.started)
-        worker(args)
-        return
-    shapes = [s.strip() for s in args.shapes.split(",")]
-    if unknown := [s for s in shapes if s not in SHAPES]:
-        sys.exit(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    args = parse()
     if not TOKENIZER.exists():
         sys.exit(f"skipped: modeldeck's loader needs a tokenizer file and {TOKENIZER} is absent")
+    import tempfile
 
     root = args.checkpoints or Path(tempfile.mkdtemp(prefix="modeldeck-decode-"))
-    bw = bandwidth(args.threads)
-    peak = max(bw["sum"], bw["gemv"])
     lines = [
         f"Machine: {machine(args.threads)}.",
-        f"Memory bandwidth ({args.threads} threads, 512 MiB fp32): sum {bw['sum']:.1f} GB/s, GEMV {bw['gemv']:.1f} GB/s, "
-        f"copy {bw['copy']:.1f} GB/s (read + write); the roofline uses {peak:.1f} GB/s.",
-        f"Greedy, fp32, prompt {PROMPT_TOKENS} tokens, {args.new_tokens} new tokens, decode tok/s best of "
-        f"{args.repeats}, prefill excluded; load-to-first-token includes interpreter start and imports.",
+        f"Greedy, prompt {decode_worker.PROMPT_TOKENS} tokens, {args.new_tokens} new tokens; prefill of "
+        f"{args.prefill_tokens} tokens; medians of {args.rounds} interleaved rounds, trials discarded when other "
+        f"processes took more than {args.max_others:.0%} of the CPU.",
         "",
-        "| shape | engine | decode tok/s b1 | decode tok/s b8 | b1 / roofline | prefill b1 s | import s "
-        "| load-to-first-token s | peak RSS GB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    notes = []
+    report, checks = {"machine": machine(args.threads), "shapes": {}}, ["", "Acceptance ratios:", ""]
     try:
-        for name in shapes:
-            directory = root / f"pythia-{name}-random"
-            params = build_checkpoint(SHAPES[name], directory)
-            per_token = bytes_per_token(SHAPES[name], params, args.new_tokens)
-            roofline = peak * 1e9 / per_token
-            found = {engine: run_engine(engine, name, directory, args) for engine in ENGINES}
-            for engine, r in found.items():
-                lines.append(
-                    f"| {name} | {engine} | {r['tok_s_b1']:.2f} | {r['tok_s_b8']:.2f} | {r['tok_s_b1'] / roofline:.0%} "
-                    f"| {r['prefill_b1_s']:.3f} | {r['import_s']:.2f} | {r['first_token_s']:.2f} | {r['peak_rss_gb']:.2f} |"
-                )
-            same = agreement(found["modeldeck"]["tokens_b1"], found["transformers"]["tokens_b1"])
-            notes.append(
-                f"- {name}: {params / 1e6:.0f}M parameters, {per_token / 1e9:.2f} GB read per batch-1 token, roofline "
-                f"{roofline:.2f} tok/s; greedy batch-1 tokens agree for {same}/{args.new_tokens}."
-            )
+        for name in args.shapes:
+            checkpoint = root / f"pythia-{name}-random"
+            params = build_checkpoint(SHAPES[name], checkpoint)
+            summary, table = summarize(name, params, collect(name, args, checkpoint), args.max_others)
+            report["shapes"][name] = summary
+            lines += [*table, ""]
+            checks += verdicts(name, summary)
     finally:
         if args.checkpoints is None:
             shutil.rmtree(root, ignore_errors=True)
-    report = "\n".join([*lines, "", *notes]) + "\n"
-    print(report, end="")
+    text = "\n".join(lines + checks) + "\n"
+    print(text, end="")
     if args.out:
-        args.out.write_text(report, encoding="utf-8")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "decode.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        (args.out / "decode.md").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
