@@ -7,7 +7,8 @@ Every part of modeldeck that needs to know what the decoder is reads it here, so
                       and stored ALiBi slopes: LAYOUT_TENSORS); registry/checkpoint.py derives what a checkpoint must
                       hold; registry/params.py counts parameters; registry/memory.py sizes the copies loading makes;
                       runtime/loading.py checks that the torch Decoder's state_dict is exactly `decoder_tensors`
-    DTYPES            the weight dtypes the runtime runs in; `default_precision` picks one when the user does not
+    DTYPES            the weight dtypes the runtime runs in; `default_precision` picks one when the user does not,
+                      `cache_dtype` the KV cache's
     QUANTIZE          the weight quantizations a load may ask for (runtime/kernels.py runs them)
     choose_backend    which attention backend runs for a request, device and dtype (runtime/attention.py and the
                       memory planner)
@@ -42,6 +43,7 @@ __all__ = [
     "DtypeName",
     "Precision",
     "TensorSpec",
+    "cache_dtype",
     "choose_backend",
     "concrete_tensors",
     "cpu_computes_bf16",
@@ -112,6 +114,14 @@ def default_precision(device: str, card_dtype: str, stored: str | None, bf16_nat
     return Precision(
         "float32", f"a {stored} checkpoint, but this CPU has no native half-precision matrix products (fp32 is faster)"
     )
+
+
+def cache_dtype(device: str, dtype: str) -> str:
+    """The KV cache's dtype (and attention's): the compute dtype, except half precision on a CPU, where it is
+    float32. torch's CPU attention for a few queries over a half-precision cache is many times slower than over
+    fp32 (its small matrix-vector products have no fast half-precision path), and would dominate decoding at
+    long contexts; the cost is twice the cache memory."""
+    return "float32" if device == "cpu" and dtype.removeprefix("torch.") in HALF else dtype.removeprefix("torch.")
 
 
 BackendName = Literal["eager", "sdpa", "xformers"]

@@ -44,6 +44,7 @@ from modeldeck.registry.decoder import (
     TENSORS,
     BackendError,
     BackendName,
+    cache_dtype,
     choose_backend,
     default_precision,
     prefill_chunk,
@@ -360,12 +361,13 @@ def _estimate(card: Card, s: Scenario, layout: CheckpointLayout | None) -> Estim
         f"{params:,} parameters x {e} bytes ({s.dtype})",
         "registry/params.py count_parameters; runtime/loading.py converts each tensor once",
     )
-    kv = 2 * arch.layers * s.batch * s.context * arch.kv_heads * arch.head_dim * e
+    cache = cache_dtype(s.device, s.dtype)
+    kv = 2 * arch.layers * s.batch * s.context * arch.kv_heads * arch.head_dim * DTYPE_BYTES[cache]
     kv_cache = Term(
         "KV cache",
         kv,
         f"2 (k, v) x {arch.layers} layers x {s.batch} x {s.context:,} positions x {arch.kv_heads} kv heads "
-        f"x {arch.head_dim} head_dim x {e} bytes",
+        f"x {arch.head_dim} head_dim x {DTYPE_BYTES[cache]} bytes ({cache})",
         "runtime/model.py KVCache [layers, B, S, KV, D], preallocated for prompt + max_new_tokens",
     )
     phases = _phases(_Shape(arch, s.batch, e, s.device, s.attention), s.prompt, s.context)

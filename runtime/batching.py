@@ -197,7 +197,7 @@ class ContinuousBatcher:
             )
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         arch = model.card.architecture
-        self._cache = KVCache(arch, max_batch, arch.context_length, model.dtype, model.device)  # [L, max_batch, S, ..]
+        self._cache = KVCache.for_decoder(model.decoder, max_batch, arch.context_length)  # [L, max_batch, S, ..]
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []  # row i of the cache belongs to _running[i]

@@ -413,9 +413,8 @@ def generate(
     """A static batch: prefill every prompt together, then `step` and decode until every sequence has finished,
     yielding after each step (read each sequence's `delta` and `finish` then). `cuda_graphs`: each decode step
     replays a captured CUDA graph (runtime/graphs.py)."""
-    weight = decoder.embed.weight  # the compute dtype and device
     capacity = max(map(len, (s.prompt for s in sequences))) + max(s.opts.max_new_tokens for s in sequences)
-    cache = KVCache(decoder.arch, len(sequences), capacity, weight.dtype, weight.device)
+    cache = KVCache.for_decoder(decoder, len(sequences), capacity)
     logits = prefill(decoder, [s.prompt for s in sequences], cache, backend, pad_id)
     graphs = DecodeGraphs(decoder, cache, backend) if cuda_graphs else None
     while True:

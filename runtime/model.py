@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeldeck.registry.decoder import cache_dtype
 from modeldeck.registry.schema import AlibiPositions, Architecture, RotaryPositions
 from modeldeck.runtime.attention import Backend
 
@@ -38,7 +39,16 @@ __all__ = ["Decoder", "KVCache", "alibi_slopes"]
 
 
 class KVCache:
-    """Preallocated keys and values, [layers, B, S, KV, D], plus how many tokens each sequence holds."""
+    """Preallocated keys and values, [layers, B, S, KV, D], plus how many tokens each sequence holds.
+
+    `KVCache.for_decoder` makes one in the dtype registry/decoder.cache_dtype gives (float32 for a half-precision
+    model on a CPU); attention runs in the cache's dtype."""
+
+    @classmethod
+    def for_decoder(cls, decoder: Decoder, batch: int, length: int) -> KVCache:
+        weight = decoder.embed.weight
+        dtype = getattr(torch, cache_dtype(weight.device.type, str(weight.dtype)))
+        return cls(decoder.arch, batch, length, dtype, weight.device)
 
     def __init__(
         self, arch: Architecture, batch: int, length: int, dtype: torch.dtype, device: torch.device | str
@@ -172,8 +182,8 @@ class Attention(nn.Module):
             k = rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
         ctx.cache.write(layer, k, v, ctx.start, ctx.uniform)
         keys, values = ctx.cache.view(layer, ctx.used)
-        out = ctx.backend.attend(q, keys, values, ctx.mask, self.scale)  # [B, T, H, D]
-        projected: torch.Tensor = self.out(out.reshape(batch, queries, self.heads * self.head_dim))
+        out = ctx.backend.attend(q.to(keys.dtype), keys, values, ctx.mask, self.scale)  # [B, T, H, D], cache dtype
+        projected: torch.Tensor = self.out(out.reshape(batch, queries, self.heads * self.head_dim).to(x.dtype))
         return projected
 
 
@@ -217,7 +227,7 @@ class Context:
             self.used = backend.keys(highest, queries, cache.capacity, decoder.alibi is not None)  # positions read
             every_key = self.uniform is not None and queries == 1 and self.used == highest + 1
         # The mask carries the causal rule and, for ALiBi models, the bias (runtime/attention.py builds both).
-        self.mask = backend.prepare(start, queries, self.used, decoder.alibi, decoder.embed.weight.dtype, every_key)
+        self.mask = backend.prepare(start, queries, self.used, decoder.alibi, cache.k.dtype, every_key)
         self.rotary_dims = decoder.rotary_dims
         self.cos = self.sin = torch.empty(0)
         if self.rotary_dims:

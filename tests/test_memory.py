@@ -51,10 +51,12 @@ def test_the_kv_cache_counts_key_value_heads():
     # Falcon-40B: 128 query heads share 8 kv heads; per token 2 (k, v) x 60 layers x 8 x 64 head_dim x 2 bytes.
     per_token = 2 * 60 * 8 * 64 * 2
     assert per_token == 122_880
-    falcon = plan(FALCON_40B, dtype="bfloat16", context=2048, batch=3)
+    falcon = plan(FALCON_40B, dtype="bfloat16", context=2048, batch=3, device="cuda")
     assert falcon.kv_cache.bytes == 3 * 2048 * per_token  # 16x less than 128 heads would need
-    pythia = plan("pythia-1.4b", dtype="float16", context=1000, batch=2)
+    pythia = plan("pythia-1.4b", dtype="float16", context=1000, batch=2, device="cuda")
     assert pythia.kv_cache.bytes == 2 * 1000 * (2 * 24 * 16 * 128 * 2)  # multi-head: kv_heads = heads
+    # On a CPU a half-precision model keeps its cache (and runs attention) in float32: registry/decoder.cache_dtype
+    assert plan("pythia-1.4b", dtype="float16", context=1000, batch=2).kv_cache.bytes == 2 * pythia.kv_cache.bytes
     # preallocated for prompt + new tokens, whatever the split between them
     assert (
         plan("pythia-1.4b", context=1000, new_tokens=999).kv_cache.bytes
@@ -281,7 +283,7 @@ def test_cli_json(run_cli):
     report = json.loads(result.stdout)
     terms = {t["name"]: t for t in report["terms"]}
     assert terms["weights"]["bytes"] == 1_414_647_808 * 2
-    assert terms["KV cache"]["bytes"] == 2 * 24 * 2 * 1024 * 16 * 128 * 2
+    assert terms["KV cache"]["bytes"] == 2 * 24 * 2 * 1024 * 16 * 128 * 4  # float32 on a CPU: decoder.cache_dtype
     assert "runtime/model.py KVCache" in terms["KV cache"]["source"]
     assert report["scenario"] == {
         "dtype": "float16",
