@@ -17,7 +17,7 @@ from modeldeck.registry.weights import PickleRefusedError  # noqa: E402
 from modeldeck.runtime.loading import CheckpointError  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
-from .conftest import TINY_FAMILIES, edit_config, edit_weights, tiny_card_data  # noqa: E402
+from .conftest import TINY_FAMILIES, edit_config, edit_weights, run_python_without, tiny_card_data  # noqa: E402
 
 HINT = "check that these weights belong to card"
 
@@ -211,3 +211,14 @@ def test_an_unknown_attention_backend_lists_the_backends(neox):
 def test_xformers_on_cpu_says_it_needs_cuda_and_half_precision(neox, dtype):
     message = load_error(neox.card, neox.directory, error=ModeldeckError, attention="xformers", dtype=dtype)
     assert f"attention='xformers' needs a CUDA device and float16/bfloat16 weights (got cpu, torch.{dtype})" in message
+
+
+def test_loading_and_generating_never_import_transformers():
+    """The load path is safetensors + tokenizers + torch: transformers (seconds to import) is not on it."""
+    script = (
+        "from modeldeck import runtime\n"
+        "model = runtime.load('tiny-neox', device='cpu')\n"
+        "assert model.generate('The for statement', max_new_tokens=4).completions[0].completion_tokens == 4\n"
+    )
+    result = run_python_without(("transformers",), script)
+    assert result.returncode == 0, result.stderr

@@ -14,6 +14,7 @@ everything after it; the margin rule is the property that holds token for token.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from modeldeck import registry  # noqa: E402
 from modeldeck.registry.decoder import default_precision  # noqa: E402
@@ -115,8 +117,9 @@ def test_the_default_keeps_fp32_weights_and_runs_half_weights_as_this_cpu_comput
     cpu = torch.device("cpu")
     fp32 = load_decoder(ckpt.card, layout, Path(ckpt.directory), None, cpu)
     assert fp32.embed.weight.dtype == torch.float32 and fp32.precision == "the checkpoint's own dtype"
-    ckpt.reference.to(torch.float16).save_pretrained(tmp_path)
-    ckpt.reference.to(torch.float32)
+    shutil.copy(Path(ckpt.directory) / "config.json", tmp_path)
+    tensors = load_file(Path(ckpt.directory) / "model.safetensors")
+    save_file({name: t.half() for name, t in tensors.items()}, tmp_path / "model.safetensors")
     half = load_decoder(ckpt.card, layout, tmp_path, None, cpu)
     expected = default_precision("cpu", ckpt.card.dtype, "float16")
     assert half.embed.weight.dtype == getattr(torch, expected.dtype) and half.precision == expected.reason
