@@ -244,7 +244,11 @@ class Decoder(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.arch = arch
-        self.embed = nn.Embedding(arch.vocab_size, arch.hidden_size)
+        # Given its (uninitialised) weight, nn.Embedding skips its random init: on the meta device that init goes
+        # through torch's reference ops, whose first use imports torch._dynamo (over a second of every load).
+        self.embed = nn.Embedding(
+            arch.vocab_size, arch.hidden_size, _weight=torch.empty(arch.vocab_size, arch.hidden_size)
+        )
         self.blocks = nn.ModuleList(Block(arch) for _ in range(arch.layers))
         self.final_norm = make_norm(arch)
         self.lm_head = (
