@@ -119,12 +119,25 @@ def trial(cmd: list[str], stdin: str | None = None) -> tuple[dict, float]:
     return json.loads(done.stdout.strip().splitlines()[-1]), others
 
 
+def warm(checkpoint: Path) -> None:
+    """Read the checkpoint into the page cache, so that no trial pays for what the one before it evicted."""
+    for path in checkpoint.glob("*"):
+        with path.open("rb") as file:
+            while file.read(2**24):
+                pass
+
+
 def worker(spec: dict) -> tuple[dict, float]:
+    if "checkpoint" in spec:
+        warm(Path(spec["checkpoint"]))
     return trial([sys.executable, str(WORKER), json.dumps({**spec, "launched": time.time()})])
 
 
 def llamacpp_trial(checkpoint: Path, outtype: str, args: argparse.Namespace) -> tuple[dict, float]:
     gguf = llamacpp.convert(checkpoint, llamacpp.gguf_path(checkpoint, outtype), outtype)
+    with gguf.open("rb") as file:  # into the page cache, as `warm` does for the other engines
+        while file.read(2**24):
+            pass
     busy, mine, began = cpu_busy(), ours(), time.perf_counter()
     result = llamacpp.measure(gguf, decode_worker.prompts(1)[0], args.new_tokens, args.threads, 1)
     wall = time.perf_counter() - began

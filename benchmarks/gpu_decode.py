@@ -29,9 +29,10 @@ from gpu_sections import (
     xformers_unavailable,
 )
 
-DECODE_ROWS = (  # (engine, attention, static cache + torch.compile)
+DECODE_ROWS = (  # (engine, attention, static: modeldeck's CUDA graphs, transformers' static cache + torch.compile)
     ("modeldeck", "sdpa", False),
     ("modeldeck", "xformers", False),
+    ("modeldeck", "sdpa", True),
     ("transformers", "sdpa", False),
     ("transformers", "sdpa", True),
 )
@@ -84,7 +85,7 @@ def bytes_per_token(shape: dict[str, int], params: int, dtype_bytes: int, new_to
 Generate = Callable[[list[list[int]], int], list[list[int]]]
 
 
-def modeldeck_engine(plan: Plan, directory: Path, attention: str) -> tuple[Generate, dict[str, Any]]:
+def modeldeck_engine(plan: Plan, directory: Path, attention: str, graphs: bool) -> tuple[Generate, dict[str, Any]]:
     from modeldeck import runtime
     from modeldeck.runtime.generate import generate_tokens, resolve_options
 
@@ -96,7 +97,7 @@ def modeldeck_engine(plan: Plan, directory: Path, attention: str) -> tuple[Gener
             model.card.generation, [], {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False}
         )
         out: list[list[int]] = [[] for _ in ids]
-        for events in generate_tokens(model.decoder, ids, opts, model.backend, [], PAD):
+        for events in generate_tokens(model.decoder, ids, opts, model.backend, [], PAD, cuda_graphs=graphs):
             for index, token in events:
                 out[index].append(token)
         return out
@@ -157,9 +158,11 @@ def measure_rates(plan: Plan, generate: Generate) -> dict[str, Any]:
 def decode_row(plan: Plan, directory: Path, engine: str, attention: str, static: bool) -> dict[str, Any]:
     if engine == "modeldeck" and attention == "xformers" and (why := xformers_unavailable(plan, plan.decode_dtype)):
         return {"skipped": why}
+    if engine == "modeldeck" and static and plan.dry_run:
+        return {"skipped": "CUDA graphs need a CUDA device"}
     began = time.perf_counter()
     if engine == "modeldeck":
-        generate, info = modeldeck_engine(plan, directory, attention)
+        generate, info = modeldeck_engine(plan, directory, attention, static)
     else:
         generate, info = transformers_engine(plan, directory, static)
     loaded = time.perf_counter() - began
@@ -167,7 +170,8 @@ def decode_row(plan: Plan, directory: Path, engine: str, attention: str, static:
 
 
 def row_label(row: dict[str, Any]) -> str:
-    return f"{row['engine']} {row['attention']}" + (", static cache + torch.compile" if row["static_compile"] else "")
+    static = ", CUDA graphs" if row["engine"] == "modeldeck" else ", static cache + torch.compile"
+    return f"{row['engine']} {row['attention']}" + (static if row["static_compile"] else "")
 
 
 def agreement(a: list[int], b: list[int]) -> int:

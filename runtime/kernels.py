@@ -55,7 +55,7 @@ class OneDNNLinear(nn.Module):
 
 def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: (q [out, in] int8, scale [out]) with weight ≈ scale[:, None] * q."""
-    rows = weight.float()  # [out, in]
+    rows = weight.detach().float()  # [out, in]
     scale = rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127  # [out]
     quantized = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [out, in]
     return quantized, scale.to(scale_dtype)
@@ -111,6 +111,7 @@ def check_quantize(quantize: str | None, device: torch.device, dtype: torch.dtyp
         ) from None
 
 
+@torch.no_grad()  # the decoder's parameters may require grad: no autograd graph may keep the originals alive
 def use_kernels(decoder: Decoder, quantize: str | None = None) -> None:
     """Swap each nn.Linear of `decoder` for its kernel (see the table above), in place; a tied LM head (the
     embedding matrix) gets a kernel of its own (an extra copy of that matrix) where the kernel needs one."""

@@ -190,6 +190,7 @@ def load_decoder(
         dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
         state[name] = _convert(tensor, sources[0].decoder, layout, arch, dtype, device)
     decoder.load_state_dict(state, strict=True, assign=True)
+    decoder.requires_grad_(False)  # inference only
     state.clear()  # the decoder holds the tensors now; a kernel that copies one frees the original
     use_kernels(decoder, quantize)
     if decoder.alibi is not None:

@@ -16,6 +16,7 @@ SECTIONS = ["pytest", "roofline", "decode", "prefill", "planner"]
 ENGINES = [
     ("modeldeck", "sdpa"),
     ("modeldeck", "xformers"),
+    ("modeldeck", "sdpa, CUDA graphs"),
     ("transformers", "sdpa"),
     ("transformers", "sdpa, static cache + torch.compile"),
 ]
@@ -77,8 +78,9 @@ def test_every_section_ran_and_recorded_what_it_found(dry_run):
     decode = sections["decode"]
     assert decode["bytes_per_token"] > 0 and decode["batches"] == [1, 32]
     rows = {(r["engine"], r["attention"], r["static_compile"]): r for r in decode["rows"]}
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert "CUDA" in rows["modeldeck", "xformers", False]["skipped"]  # skipped, saying why
+    assert "CUDA" in rows["modeldeck", "sdpa", True]["skipped"]  # CUDA graphs
     for key in [("modeldeck", "sdpa", False), ("transformers", "sdpa", False), ("transformers", "sdpa", True)]:
         assert "error" not in rows[key], rows[key]["error"]
         assert len(rows[key]["tokens_b1"]) == decode["new_tokens"]
@@ -108,7 +110,7 @@ def test_the_markdown_report_has_the_tables_a_readme_takes(dry_run):
     assert header[:6] == ["engine", "attention", "tok/s b1", "tok/s b32", "b1 / roofline", "b1 greedy = modeldeck sdpa"]
     assert [tuple(r[:2]) for r in rows] == ENGINES
     assert all(len(r) == len(header) for r in rows)
-    assert rows[1][-1].startswith("skipped: ")  # xformers, saying why
+    assert rows[1][-1].startswith("skipped: ") and rows[2][-1].startswith("skipped: ")  # xformers, graphs: why
     if report["sections"]["decode"]["rows"][0]["tok_s"]["b1"]:  # None only when the decode time was within noise
         assert rows[0][4].endswith("%")  # batch 1 as a share of the roofline measured in the same run
 
