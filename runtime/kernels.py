@@ -33,7 +33,7 @@ from modeldeck.registry.diagnostics import ModeldeckError
 if TYPE_CHECKING:
     from modeldeck.runtime.model import Decoder
 
-__all__ = ["Int8Linear", "OneDNNLinear", "check_quantize", "quantize_int8", "use_kernels"]
+__all__ = ["Int8Linear", "OneDNNLinear", "check_quantize", "prepare_weight", "quantize_int8", "use_kernels"]
 
 
 class OneDNNLinear(nn.Module):
@@ -43,7 +43,7 @@ class OneDNNLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        if weight.dtype == torch.bfloat16:
+        if weight.dtype == torch.bfloat16 and not weight.is_mkldnn:  # (loading packs them: `prepare_weight`)
             weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
@@ -79,6 +79,15 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
+
+
+def prepare_weight(weight: torch.Tensor, quantize: str | None) -> torch.Tensor:
+    """A linear layer's weight as its kernel holds it, for loading to make as it reads each tensor (so that no
+    unpacked copy of every weight exists at once): a bf16 weight on the CPU packed for oneDNN; others as they are."""
+    if quantize is None and weight.device.type == "cpu" and weight.dtype == torch.bfloat16:
+        packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        return packed
+    return weight
 
 
 def _kernel(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str | None) -> nn.Module | None:

@@ -39,7 +39,7 @@ from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.schema import Architecture, Card
 from modeldeck.runtime.convert import ConvertError, read_pickle
-from modeldeck.runtime.kernels import use_kernels
+from modeldeck.runtime.kernels import prepare_weight, use_kernels
 from modeldeck.runtime.model import Decoder, alibi_slopes
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint_with_pickles"]
@@ -180,6 +180,7 @@ def load_decoder(
         dtype = None if precision.dtype is None else getattr(torch, precision.dtype)
         decoder.precision = precision.reason
     state: dict[str, torch.Tensor] = {}
+    linear = {f"{name}.weight" for name, module in decoder.named_modules() if isinstance(module, torch.nn.Linear)}
     get = _open_tensors(checkpoint, opened)
     for name, sources in plan.items():
         parts = [get(source.name) for source in sources]
@@ -189,6 +190,8 @@ def load_decoder(
             continue
         dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
         state[name] = _convert(tensor, sources[0].decoder, layout, arch, dtype, device)
+        if name in linear:
+            state[name] = prepare_weight(state[name], quantize)
     decoder.load_state_dict(state, strict=True, assign=True)
     decoder.requires_grad_(False)  # inference only
     state.clear()  # the decoder holds the tensors now; a kernel that copies one frees the original
