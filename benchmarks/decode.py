@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import decode_worker
 import llamacpp
-from decode_worker import SHAPES, VOCAB
+from decode_worker import SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
 TOKENIZER = REPO.parent / "shared" / "reference" / "tokenizers" / "gpt-neox" / "tokenizer.json"
@@ -63,12 +63,7 @@ def build_checkpoint(shape: dict, directory: Path) -> int:
     import transformers
     from safetensors.torch import save_file
 
-    config = transformers.GPTNeoXConfig(
-        vocab_size=VOCAB, hidden_size=shape["hidden_size"], num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"], intermediate_size=shape["ffn_size"], rotary_pct=0.25,
-        rotary_emb_base=10000, max_position_embeddings=2048, use_parallel_residual=True, tie_word_embeddings=False,
-        layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, torch_dtype="float16",
-    )  # fmt: skip
+    config = decode_worker.pythia_config(shape)
     with torch.device("meta"):
         state = transformers.GPTNeoXForCausalLM(config).state_dict()
     # stored as save_pretrained (and EleutherAI's checkpoints) name them: the LM head is `embed_out`

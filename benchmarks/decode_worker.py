@@ -35,6 +35,19 @@ def prompts(batch: int, length: int = PROMPT_TOKENS) -> list[list[int]]:
     return torch.randint(2, 50000, (batch, length), generator=generator).tolist()
 
 
+def pythia_config(shape: dict):
+    """The transformers config of a Pythia-shaped random checkpoint (parallel residual, untied head, rotary on 1/4,
+    stored in float16), for every benchmark that builds one."""
+    import transformers
+
+    return transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=shape["hidden_size"], num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"], intermediate_size=shape["ffn_size"], rotary_pct=0.25,
+        rotary_emb_base=10000, max_position_embeddings=2048, use_parallel_residual=True, tie_word_embeddings=False,
+        layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, torch_dtype="float16",
+    )  # fmt: skip
+
+
 def modeldeck_card(shape: dict):
     from modeldeck import registry
     from modeldeck.plugins import pythia

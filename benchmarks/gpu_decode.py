@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from decode_worker import PAD, PROMPT_TOKENS, VOCAB, modeldeck_card, prompts
+from decode_worker import PAD, PROMPT_TOKENS, VOCAB, modeldeck_card, prompts, pythia_config
 from gpu_sections import (
     GB,
     Plan,
@@ -47,12 +47,7 @@ def pythia_checkpoint(plan: Plan, work: Path, result: Result) -> tuple[Path, int
     from safetensors.torch import save_file
 
     shape = plan.pythia
-    config = transformers.GPTNeoXConfig(  # parallel residual, untied head, rotary on 1/4
-        vocab_size=VOCAB, hidden_size=shape["hidden_size"], num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"], intermediate_size=shape["ffn_size"], rotary_pct=0.25,
-        rotary_emb_base=10000, max_position_embeddings=2048, use_parallel_residual=True, tie_word_embeddings=False,
-        layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=0, torch_dtype="float16",
-    )  # fmt: skip
+    config = pythia_config(shape)  # parallel residual, untied head, rotary on 1/4
     with torch.device("meta"):
         state = transformers.GPTNeoXForCausalLM(config).state_dict()
     shapes = {name.replace("lm_head.", "embed_out.", 1): tuple(t.shape) for name, t in state.items()}

@@ -5,7 +5,7 @@ torch offers for its device, dtype and quantization:
 
     device, weights     kernel                                                  weights held
     cpu, float32        oneDNN linear on the dense weight (mkldnn _linear_pointwise)  the loaded tensor (no copy)
-    cpu, bfloat16       oneDNN linear on a weight pre-packed once (_reorder_linear_weight)  one packed copy
+    cpu, bfloat16       oneDNN linear on a weight packed once as it loads (where oneDNN has bf16: AVX-512 and up)
     cpu, float16        F.linear: torch's fp16 GEMV is fast for one token, but without AVX-512 FP16 nothing packs
                         fp16 and its matrix-matrix products are slow (registry/decoder.default_precision avoids it)
     cuda, mps           F.linear (cuBLAS / Metal)
@@ -81,10 +81,20 @@ class Int8Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
+def _onednn_runs(weight: torch.Tensor) -> bool:
+    """Whether oneDNN's linear takes this weight here: fp32 on any CPU build with oneDNN; bf16 only where oneDNN
+    supports it (AVX-512 or newer: on older CPUs packing a bf16 weight fails, so those keep F.linear)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        return False
+    if weight.dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return weight.dtype == torch.float32
+
+
 def prepare_weight(weight: torch.Tensor, quantize: str | None) -> torch.Tensor:
     """A linear layer's weight as its kernel holds it, for loading to make as it reads each tensor (so that no
     unpacked copy of every weight exists at once): a bf16 weight on the CPU packed for oneDNN; others as they are."""
-    if quantize is None and weight.device.type == "cpu" and weight.dtype == torch.bfloat16:
+    if quantize is None and weight.dtype == torch.bfloat16 and _onednn_runs(weight):
         packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         return packed
     return weight
@@ -94,7 +104,7 @@ def _kernel(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str | Non
     """The kernel module for one weight, or None to keep F.linear."""
     if quantize == "int8":
         return Int8Linear(weight, bias, weight.dtype)
-    if weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16):
+    if _onednn_runs(weight):
         return OneDNNLinear(weight, bias)
     return None
 

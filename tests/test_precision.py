@@ -178,3 +178,16 @@ def test_cuda_graph_decoding_equals_launching_each_kernel(tiny_checkpoint):
         return list(generate_tokens(model.decoder, prompts, opts, model.backend, [], 0, cuda_graphs=graphs))
 
     assert run(True) == run(False)
+
+
+def test_without_onednn_the_linear_layers_keep_f_linear(tiny_checkpoint, monkeypatch):
+    """A torch build or CPU without oneDNN (or without its bf16) loads plain nn.Linear layers, with the same logits."""
+    ckpt = tiny_checkpoint("llama", tokenizer=False)
+    batch = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+    fast = load(ckpt, "bfloat16")
+    assert isinstance(fast.blocks[0].attn.qkv, OneDNNLinear)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    plain = load(ckpt, "bfloat16")
+    assert type(plain.blocks[0].attn.qkv) is torch.nn.Linear and not plain.blocks[0].attn.qkv.weight.is_mkldnn
+    difference = (logits(plain, ckpt.card, batch) - logits(fast, ckpt.card, batch)).abs().max().item()
+    assert difference <= BOUNDS["bfloat16"]  # two bf16 kernels: different sums, within bf16's bound
