@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from modeldeck.registry.diagnostics import ModeldeckError
-from modeldeck.registry.schema import AlibiPositions, Architecture
+from modeldeck.registry.schema import AlibiPositions, Architecture, LearnedPositions
 
 __all__ = [
     "ATTENTION_BUDGET",
@@ -190,6 +190,12 @@ QKV = Dim("(heads + 2 kv_heads) x head_dim", "heads", lambda a: (a.heads + 2 * a
 Q = Dim("heads x head_dim", "heads", lambda a: a.heads * a.head_dim)
 KV = Dim("kv_heads x head_dim", "kv_heads", lambda a: a.kv_heads * a.head_dim)
 HEADS = Dim("heads", "heads", lambda a: a.heads)
+HEAD_DIM = Dim("head_dim", "head_dim", lambda a: a.head_dim)
+POSITIONS = Dim(
+    "context_length + offset",
+    "context_length",
+    lambda a: a.context_length + (a.positions.offset if isinstance(a.positions, LearnedPositions) else 0),
+)
 
 
 class TensorSpec(NamedTuple):
@@ -209,40 +215,55 @@ def _always(arch: Architecture) -> bool:
     return True
 
 
-def _layernorm(arch: Architecture) -> bool:
-    return arch.norm.kind == "layernorm"
+def _norm_bias(arch: Architecture) -> bool:
+    return arch.norm.kind == "layernorm" and arch.norm.bias
 
 
 def _own_mlp_norm(arch: Architecture) -> bool:
     return not arch.residual.shared_norm
 
 
-def _swiglu(arch: Architecture) -> bool:
-    return arch.mlp == "swiglu"
+def _gated(arch: Architecture) -> bool:
+    return arch.gated_mlp
 
 
 def _untied(arch: Architecture) -> bool:
     return not arch.tied_embeddings
 
 
+def _learned(arch: Architecture) -> bool:
+    return isinstance(arch.positions, LearnedPositions)
+
+
+def _qk_norm(arch: Architecture) -> bool:
+    return arch.qk_norm
+
+
 TENSORS: tuple[TensorSpec, ...] = (
     TensorSpec("embed.weight", (VOCAB, HIDDEN), _always, " x "),
+    TensorSpec("pos_embed.weight", (POSITIONS, HIDDEN), _learned, " x "),
+    TensorSpec("embed_norm.weight", (HIDDEN,), lambda a: a.embedding_norm),
+    TensorSpec("embed_norm.bias", (HIDDEN,), lambda a: a.embedding_norm and _norm_bias(a)),
     TensorSpec("blocks.{i}.attn_norm.weight", (HIDDEN,), _always),
-    TensorSpec("blocks.{i}.attn_norm.bias", (HIDDEN,), _layernorm),
+    TensorSpec("blocks.{i}.attn_norm.bias", (HIDDEN,), _norm_bias),
     TensorSpec("blocks.{i}.mlp_norm.weight", (HIDDEN,), _own_mlp_norm),
-    TensorSpec("blocks.{i}.mlp_norm.bias", (HIDDEN,), lambda a: _own_mlp_norm(a) and _layernorm(a)),
+    TensorSpec("blocks.{i}.mlp_norm.bias", (HIDDEN,), lambda a: _own_mlp_norm(a) and _norm_bias(a)),
     TensorSpec("blocks.{i}.attn.qkv.weight", (QKV, HIDDEN), _always),
     TensorSpec("blocks.{i}.attn.qkv.bias", (QKV,), lambda a: a.bias.qkv),
+    TensorSpec("blocks.{i}.attn.q_norm.weight", (HEAD_DIM,), _qk_norm),
+    TensorSpec("blocks.{i}.attn.q_norm.bias", (HEAD_DIM,), lambda a: _qk_norm(a) and _norm_bias(a)),
+    TensorSpec("blocks.{i}.attn.k_norm.weight", (HEAD_DIM,), _qk_norm),
+    TensorSpec("blocks.{i}.attn.k_norm.bias", (HEAD_DIM,), lambda a: _qk_norm(a) and _norm_bias(a)),
     TensorSpec("blocks.{i}.attn.out.weight", (HIDDEN, Q), _always),
     TensorSpec("blocks.{i}.attn.out.bias", (HIDDEN,), lambda a: a.bias.attention_output),
-    TensorSpec("blocks.{i}.mlp.gate.weight", (FFN, HIDDEN), _swiglu),
-    TensorSpec("blocks.{i}.mlp.gate.bias", (FFN,), lambda a: _swiglu(a) and a.bias.mlp),
+    TensorSpec("blocks.{i}.mlp.gate.weight", (FFN, HIDDEN), _gated),
+    TensorSpec("blocks.{i}.mlp.gate.bias", (FFN,), lambda a: _gated(a) and a.bias.mlp),
     TensorSpec("blocks.{i}.mlp.up.weight", (FFN, HIDDEN), _always),
     TensorSpec("blocks.{i}.mlp.up.bias", (FFN,), lambda a: a.bias.mlp),
     TensorSpec("blocks.{i}.mlp.down.weight", (HIDDEN, FFN), _always),
     TensorSpec("blocks.{i}.mlp.down.bias", (HIDDEN,), lambda a: a.bias.mlp),
     TensorSpec("final_norm.weight", (HIDDEN,), _always),
-    TensorSpec("final_norm.bias", (HIDDEN,), _layernorm),
+    TensorSpec("final_norm.bias", (HIDDEN,), _norm_bias),
     TensorSpec("lm_head.weight", (VOCAB, HIDDEN), _untied, " x "),
     TensorSpec("lm_head.bias", (VOCAB,), lambda a: _untied(a) and a.bias.lm_head),
 )
@@ -295,11 +316,12 @@ def tensor_size(arch: Architecture, name: str) -> int:
 
 def concrete_tensors(arch: Architecture) -> list[tuple[str, int | None, TensorSpec]]:
     """(name, block index or None, spec) of every tensor of this architecture's decoder, in its state_dict order:
-    the embedding, each block's tensors, then the final norm and LM head."""
+    the embeddings (and their norm), each block's tensors, then the final norm and LM head."""
     specs = tensor_specs(arch)
-    found: list[tuple[str, int | None, TensorSpec]] = [(t.name, None, t) for t in specs if t.name.startswith("embed.")]
+    first = [t for t in specs if not t.per_block and not t.name.startswith(("final_norm.", "lm_head."))]
+    found: list[tuple[str, int | None, TensorSpec]] = [(t.name, None, t) for t in first]
     found += [(t.name.format(i=i), i, t) for i in range(arch.layers) for t in specs if t.per_block]
-    return found + [(t.name, None, t) for t in specs if not t.per_block and not t.name.startswith("embed.")]
+    return found + [(t.name, None, t) for t in specs if t.name.startswith(("final_norm.", "lm_head."))]
 
 
 def decoder_tensors(arch: Architecture) -> dict[str, tuple[int, ...]]:

@@ -34,14 +34,19 @@ from pydantic import (
 )
 
 __all__ = [
+    "MLP_KINDS",
     "SCHEMA_VERSION",
     "AlibiPositions",
     "Architecture",
     "Bias",
     "Card",
+    "DynamicRopeScaling",
     "EvalResult",
     "GenerationDefaults",
+    "LearnedPositions",
+    "LinearRopeScaling",
     "Links",
+    "Llama3RopeScaling",
     "Marker",
     "Multipliers",
     "Norm",
@@ -98,9 +103,12 @@ class PinnedFile(_Strict):
 
 
 class Source(_Strict):
-    repo: Annotated[
-        str, Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", description="Hugging Face hub repository, owner/name.")
-    ]
+    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")] | None = Field(
+        default=None,
+        description="Hugging Face hub repository, owner/name. May be left out by a card whose weights are bundled "
+        "or always given locally (--weights DIR, weights=DIR); downloading and cache lookups then refuse, "
+        "saying so.",
+    )
     revision: str = Field(default="main", description="The revision loaded by default.")
     format: Literal["safetensors", "pytorch"] = Field(
         description="Weight file format in the repository. `pytorch` is a pickle: refused unless the user opts in."
@@ -158,12 +166,57 @@ class ParameterCount(_Strict):
 # --- architecture --------------------------------------------------------------------------------
 
 
+class LinearRopeScaling(_Strict):
+    """Positions divided by `factor` before rotation (transformers' rope_type "linear")."""
+
+    kind: Literal["linear"] = "linear"
+    factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
+
+
+class DynamicRopeScaling(_Strict):
+    """Dynamic NTK (transformers' rope_type "dynamic"): while a forward pass reaches position L beyond
+    `original_context_length`, the base grows to base * (factor * L / original - (factor - 1)) ** (dims / (dims - 2))."""
+
+    kind: Literal["dynamic"] = "dynamic"
+    factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
+    original_context_length: PositiveInt
+
+
+class Llama3RopeScaling(_Strict):
+    """Llama 3.1's frequency scaling (rope_type "llama3"): wavelengths longer than original / low_freq_factor are
+    divided by `factor`, those shorter than original / high_freq_factor kept, the ones between interpolated."""
+
+    kind: Literal["llama3"] = "llama3"
+    factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
+    low_freq_factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    high_freq_factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    original_context_length: PositiveInt
+
+    @model_validator(mode="after")
+    def _factors_are_ordered(self) -> Llama3RopeScaling:
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(
+                f"high_freq_factor {self.high_freq_factor} must exceed low_freq_factor {self.low_freq_factor}"
+            )
+        return self
+
+
+RopeScaling = Annotated[LinearRopeScaling | DynamicRopeScaling | Llama3RopeScaling, Field(discriminator="kind")]
+
+
 class RotaryPositions(_Strict):
-    """Rotary embeddings (GPT-NeoX half-split rotation) on the first `fraction` of each head's dims."""
+    """Rotary embeddings on the first `fraction` of each head's dims.
+
+    rotation half_split (GPT-NeoX, Llama, ...): the rotated dims' halves [a | b] pair up, a_j with b_j;
+    interleaved (GPT-J): neighbours pair up, x_2j with x_2j+1."""
 
     kind: Literal["rotary"] = "rotary"
     fraction: float = Field(default=1.0, description="Share of each head's dimensions that rotate, in (0, 1].")
-    base: PositiveFloat = 10000.0
+    base: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 10000.0
+    rotation: Literal["half_split", "interleaved"] = Field(
+        default="half_split", description="Which dims pair up: halves (GPT-NeoX, Llama) or neighbours (GPT-J)."
+    )
+    scaling: RopeScaling | None = Field(default=None, description="Frequency scaling for long contexts.")
 
     @field_validator("fraction")
     @classmethod
@@ -179,12 +232,31 @@ class AlibiPositions(_Strict):
     kind: Literal["alibi"] = "alibi"
 
 
-Positions = Annotated[RotaryPositions | AlibiPositions, Field(discriminator="kind")]
+class LearnedPositions(_Strict):
+    """A learned position embedding added to the token embedding (GPT-2, OPT): position p reads row p + offset
+    of a table with context_length + offset rows (OPT keeps two unused rows first: offset 2)."""
+
+    kind: Literal["learned"] = "learned"
+    offset: NonNegativeInt = 0
+
+
+Positions = Annotated[RotaryPositions | AlibiPositions | LearnedPositions, Field(discriminator="kind")]
 
 
 class Norm(_Strict):
+    """The block, final (and embedding or q/k) norms: LayerNorm with or without a bias, or RMSNorm, whose weight
+    scales as stored or, with `unit_offset` (Gemma), as 1 + weight."""
+
     kind: Literal["layernorm", "rmsnorm"]
-    eps: PositiveFloat = 1e-5
+    eps: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-5
+    bias: bool = Field(default=True, description="LayerNorm has a bias (ignored for rmsnorm, which has none).")
+    unit_offset: bool = Field(default=False, description="RMSNorm multiplies by (1 + weight) (Gemma).")
+
+    @model_validator(mode="after")
+    def _offset_needs_rmsnorm(self) -> Norm:
+        if self.unit_offset and self.kind != "rmsnorm":
+            raise ValueError("unit_offset (a (1 + weight) scale) is an RMSNorm convention; use it with kind: rmsnorm")
+        return self
 
 
 class Residual(_Strict):
@@ -225,6 +297,17 @@ class Multipliers(_Strict):
     logits: PositiveFloat = Field(default=1.0, description="Output logits are multiplied by this.")
 
 
+MLP_KINDS: dict[str, str] = {
+    "gelu": "down(gelu(up(x))), exact erf GELU",
+    "gelu_tanh": "down(gelu(up(x))), GELU's tanh approximation (gelu_new, gelu_pytorch_tanh)",
+    "relu": "down(relu(up(x)))",
+    "swiglu": "down(silu(gate(x)) * up(x))",
+    "geglu": "down(gelu(gate(x)) * up(x)), exact erf GELU",
+    "geglu_tanh": "down(gelu(gate(x)) * up(x)), tanh approximation (Gemma)",
+}
+"""The MLPs the decoder runs; the gated ones (with a gate projection) end in 'glu'."""
+
+
 class Architecture(_Strict):
     family: str = Field(description="Human-readable model family, e.g. GPT-NeoX, Llama.")
     checkpoint_layout: Annotated[str, Field(pattern=_ID_PATTERN)] = Field(
@@ -234,20 +317,54 @@ class Architecture(_Strict):
     hidden_size: PositiveInt
     heads: PositiveInt
     kv_heads: PositiveInt = Field(description="Key/value heads: = heads for MHA, fewer for GQA, 1 for MQA.")
-    ffn_size: PositiveInt = Field(description="Inner size of the MLP (per branch for SwiGLU).")
+    head_dim: PositiveInt = Field(
+        default=None,  # type: ignore[assignment]  # filled in before validation; None only until checked
+        description="Dimensions of each attention head; hidden_size / heads when left out (Gemma sets its own).",
+    )
+    ffn_size: PositiveInt = Field(description="Inner size of the MLP (per branch for gated MLPs).")
     vocab_size: PositiveInt = Field(description="Rows of the embedding matrix (may exceed the tokenizer's vocabulary).")
     context_length: PositiveInt
     positions: Positions
     norm: Norm
-    mlp: Literal["gelu", "swiglu"]
+    embedding_norm: bool = Field(default=False, description="A norm (of `norm`'s kind) on the embeddings (BLOOM).")
+    qk_norm: bool = Field(
+        default=False,
+        description="Queries and keys are normalized over each head's dims before rotary, one weight shared by the "
+        "heads (Qwen3).",
+    )
+    mlp: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"] = Field(
+        description="; ".join(f"{k}: {v}" for k, v in MLP_KINDS.items())
+    )
     residual: Residual
+    sliding_window: PositiveInt | None = Field(
+        default=None,
+        description="Each query sees itself and the sliding_window - 1 tokens before it (Mistral); none: all before.",
+    )
     bias: Bias = Field(default_factory=Bias)
     tied_embeddings: bool
     multipliers: Multipliers = Field(default_factory=Multipliers)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _head_dim_defaults_to_an_even_split(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("head_dim") is None:
+            hidden, heads = data.get("hidden_size"), data.get("heads")
+            if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and not hidden % heads:
+                data = {**data, "head_dim": hidden // heads}  # otherwise left None, for the check below
+        return data
+
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.heads
+    def gated_mlp(self) -> bool:
+        """The MLP has a gate projection (swiglu, geglu, geglu_tanh)."""
+        return self.mlp.endswith("glu")
+
+    @property
+    def unscaled_context_length(self) -> int:
+        """The context a checkpoint's config states (max_position_embeddings): under dynamic NTK scaling the
+        original one, which the scaling stretches to context_length; otherwise context_length itself."""
+        if isinstance(self.positions, RotaryPositions) and isinstance(self.positions.scaling, DynamicRopeScaling):
+            return self.positions.scaling.original_context_length
+        return self.context_length
 
     @property
     def rotary_dims(self) -> int:
@@ -258,10 +375,10 @@ class Architecture(_Strict):
 
     @model_validator(mode="after")
     def _shapes_are_consistent(self) -> Architecture:
-        if self.hidden_size % self.heads:
+        if self.head_dim is None:
             raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}; "
-                "each head gets hidden_size / heads dimensions, so pick values that divide"
+                f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}; each head gets hidden_size / "
+                "heads dimensions unless head_dim says otherwise, so pick values that divide or set head_dim"
             )
         if self.heads % self.kv_heads:
             raise ValueError(
@@ -275,6 +392,11 @@ class Architecture(_Strict):
                     f"rotary fraction {self.positions.fraction} of head_dim {self.head_dim} gives {exact:g} dimensions; "
                     "rotary needs a whole, even number of dimensions"
                 )
+        if self.sliding_window is not None and self.sliding_window > self.context_length:
+            raise ValueError(
+                f"sliding_window {self.sliding_window} exceeds context_length {self.context_length}, so it "
+                "never limits attention; drop sliding_window (or fix context_length)"
+            )
         return self
 
 

@@ -4,8 +4,10 @@ Every call sees the same situation: a batch of B sequences, each with `start[b]`
 the KV cache and T new queries (the batch is padded to T; rows past a sequence's real length are
 ignored by the caller). Query t of sequence b sits at position start[b] + t and may see keys
 j <= start[b] + t. That one rule covers causal prefill, chunked prefill against a cache, decoding
-(T = 1) and batches of different lengths. A backend turns the rule, and ALiBi's bias when the model
-has one, into its own mask once per forward pass (`prepare`), and every layer reuses it (`attend`).
+(T = 1) and batches of different lengths. With a sliding window W (Mistral), it also sees only keys
+j > start[b] + t - W: itself and the W - 1 before it. A backend turns the rule, and ALiBi's bias when
+the model has one, into its own mask once per forward pass (`prepare`), and every layer reuses it
+(`attend`).
 
     eager     the readable reference: explicit fp32 scores, bias, mask, softmax
     sdpa      torch.nn.functional.scaled_dot_product_attention (default off CUDA)
@@ -50,9 +52,9 @@ __all__ = [
 @dataclass(frozen=True)
 class Backend:
     name: BackendName
-    # (start [B], queries T, keys S, ALiBi slopes [H] or None, dtype, every query sees every key) -> the mask
-    # every layer of one forward uses
-    prepare: Callable[[torch.Tensor, int, int, torch.Tensor | None, torch.dtype, bool], Any]
+    # (start [B], queries T, keys S, ALiBi slopes [H] or None, dtype, every query sees every key, sliding window
+    # or None) -> the mask every layer of one forward uses
+    prepare: Callable[[torch.Tensor, int, int, torch.Tensor | None, torch.dtype, bool, int | None], Any]
     attend: Callable[..., torch.Tensor]  # (q, k, v, mask, scale) -> [B, T, H, D]
     packs_cache: bool  # without a tensor bias, reads the whole preallocated cache (packed as a view)
 
@@ -65,9 +67,13 @@ def _positions(start: torch.Tensor, queries: int) -> torch.Tensor:
     return start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
 
 
-def visible_keys(start: torch.Tensor, queries: int, keys: int) -> torch.Tensor:
-    """Boolean mask [B, 1, T, S]: query t of sequence b sees key j iff j <= start[b] + t."""
-    return torch.arange(keys, device=start.device) <= _positions(start, queries)[:, None, :, None]  # [B, 1, T, S]
+def visible_keys(start: torch.Tensor, queries: int, keys: int, window: int | None = None) -> torch.Tensor:
+    """Boolean mask [B, 1, T, S]: query t of sequence b sees key j iff j <= start[b] + t (and, with a sliding
+    `window`, j > start[b] + t - window)."""
+    position = _positions(start, queries)[:, None, :, None]  # [B, 1, T, 1]
+    key = torch.arange(keys, device=start.device)  # [S]
+    visible = key <= position  # [B, 1, T, S]
+    return visible if window is None else visible & (key > position - window)
 
 
 def alibi_bias(start: torch.Tensor, queries: int, keys: int, slopes: torch.Tensor) -> torch.Tensor:
@@ -91,9 +97,10 @@ def eager_mask(
     slopes: torch.Tensor | None,
     dtype: torch.dtype,
     every_key: bool = False,
+    window: int | None = None,
 ) -> EagerMask:
     bias = None if slopes is None else alibi_bias(start, queries, keys, slopes)
-    return EagerMask(visible_keys(start, queries, keys), bias)
+    return EagerMask(visible_keys(start, queries, keys, window), bias)
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: EagerMask, scale: float) -> torch.Tensor:
@@ -120,12 +127,13 @@ def sdpa_mask(
     slopes: torch.Tensor | None,
     dtype: torch.dtype,
     every_key: bool = False,
+    window: int | None = None,
 ) -> torch.Tensor | None:
     """Boolean [B, 1, T, S] (True: visible), or with ALiBi an additive [B, H, T, S] in the query dtype; None (no
     mask: sdpa's fastest path) when every query sees every key, as when a batch decodes one token from one start."""
     if every_key and slopes is None:
         return None
-    visible = visible_keys(start, queries, keys)
+    visible = visible_keys(start, queries, keys, window)
     if slopes is None:
         return visible
     return alibi_bias(start, queries, keys, slopes).masked_fill_(~visible, float("-inf")).to(dtype)
@@ -143,25 +151,32 @@ def sdpa_attention(
 # --- xformers ------------------------------------------------------------------------------------
 
 
-def xformers_bias(start: torch.Tensor, queries: int, cache_length: int) -> Any:
+def xformers_bias(start: torch.Tensor, queries: int, cache_length: int, window: int | None = None) -> Any:
     """The xformers mask for `visible_keys`, for queries packed as [1, B*T] and the cache as [1, B*S]."""
-    from xformers.ops.fmha.attn_bias import BlockDiagonalCausalWithOffsetPaddedKeysMask
+    from xformers.ops.fmha.attn_bias import (
+        BlockDiagonalCausalLocalAttentionPaddedKeysMask,
+        BlockDiagonalCausalWithOffsetPaddedKeysMask,
+    )
 
     lengths = (start + queries).tolist()
+    if window is not None:
+        return BlockDiagonalCausalLocalAttentionPaddedKeysMask.from_seqlens_local(
+            q_seqlen=[queries] * len(lengths), kv_padding=cache_length, kv_seqlen=lengths, window_size=window
+        ).to(start.device)
     return BlockDiagonalCausalWithOffsetPaddedKeysMask.from_seqlens(
         q_seqlen=[queries] * len(lengths), kv_padding=cache_length, kv_seqlen=lengths, device=start.device
     )
 
 
 def xformers_alibi_bias(
-    start: torch.Tensor, queries: int, keys: int, slopes: torch.Tensor, dtype: torch.dtype
+    start: torch.Tensor, queries: int, keys: int, slopes: torch.Tensor, dtype: torch.dtype, window: int | None = None
 ) -> torch.Tensor:
     """ALiBi plus the causal rule as an xformers tensor bias [B, H, T, S] in the query dtype (its kernels need
     that), stored in rows padded to a multiple of 8 elements (16-byte aligned rows; the view hides the padding)."""
     batch, heads = start.shape[0], slopes.shape[0]
     aligned = torch.empty(batch, heads, queries, -(-keys // 8) * 8, dtype=dtype, device=start.device)
     bias = aligned[..., :keys]  # [B, H, T, S]
-    visible = visible_keys(start, queries, keys)
+    visible = visible_keys(start, queries, keys, window)
     bias.copy_(alibi_bias(start, queries, keys, slopes).masked_fill_(~visible, float("-inf")))
     return bias
 
@@ -173,10 +188,11 @@ def xformers_mask(
     slopes: torch.Tensor | None,
     dtype: torch.dtype,
     every_key: bool = False,
+    window: int | None = None,
 ) -> Any:
     if slopes is None:
-        return xformers_bias(start, queries, keys)
-    return xformers_alibi_bias(start, queries, keys, slopes, dtype)
+        return xformers_bias(start, queries, keys, window)
+    return xformers_alibi_bias(start, queries, keys, slopes, dtype, window)
 
 
 def xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, scale: float) -> torch.Tensor:

@@ -1,13 +1,17 @@
 """One generic decoder, built from a card's architecture. Every supported family is data, not a subclass.
 
-    tokens ─► embed (x embedding multiplier) ─► N x Block ─► final norm ─► LM head (tied or not, x logit multiplier)
+    tokens ─► embed (x embedding multiplier) [+ learned positions] [─► embedding norm]
+           ─► N x Block ─► final norm ─► LM head (tied or not, + bias, x logit multiplier)
 
 A Block is attention + MLP around the residual stream, in one of three arrangements:
 
     sequential                    parallel, two norms             parallel, one shared norm
     x = x + attn(norm1(x))        x = x + attn(norm1(x))          h = norm1(x)
     x = x + mlp(norm2(x))               + mlp(norm2(x))           x = x + attn(h) + mlp(h)
-    (Llama, BTLM)                 (GPT-NeoX, Falcon-40B)          (Falcon-7B)
+    (Llama, BTLM, GPT-2, ...)     (GPT-NeoX, Falcon-40B)          (Falcon-7B, GPT-J, Phi-2)
+
+The MLP is plain, down(act(up(x))), or gated, down(act(gate(x)) * up(x)) (SwiGLU, GeGLU): `MLP_KINDS`
+in registry/schema.py. Norms are LayerNorm (with or without bias) or RMSNorm (weight, or 1 + weight).
 
 Attention uses one fused QKV projection whose rows are [q heads | k heads | v heads]; checkpoint
 layouts that arrange them differently are reordered once at load time (runtime/loading.py).
@@ -16,14 +20,18 @@ Grouped-query attention: H query heads share KV key/value heads, H / KV queries 
     q heads:  q0 q1 q2 q3 | q4 q5 q6 q7        (H = 8)
     kv heads:    k0 v0    |    k1 v1           (KV = 2; MHA: KV = H; MQA: KV = 1)
 
-Positions are rotary (GPT-NeoX half-split rotation on the first `fraction` of each head's dims) or
-ALiBi (a per-head linear bias on the attention scores, built by runtime/attention.py). muP models
+Positions are rotary on the first `fraction` of each head's dims (halves paired, as GPT-NeoX and Llama,
+or neighbours, as GPT-J; frequencies optionally scaled: linear, dynamic NTK, Llama 3), ALiBi (a per-head
+linear bias on the attention scores, built by runtime/attention.py) or a learned table (GPT-2, OPT).
+Queries and keys may be normalized per head before rotary (Qwen3); a sliding window limits what each
+query sees (Mistral; runtime/attention.py masks it). muP models
 (BTLM) scale three places, all card data: embeddings (x 14.6), attention scores (/ head_dim instead
 of / sqrt(head_dim), ALiBi added after) and logits (x 2.22 * 0.1).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -32,7 +40,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeldeck.registry.decoder import cache_dtype
-from modeldeck.registry.schema import AlibiPositions, Architecture, RotaryPositions
+from modeldeck.registry.schema import (
+    AlibiPositions,
+    Architecture,
+    DynamicRopeScaling,
+    LearnedPositions,
+    LinearRopeScaling,
+    Llama3RopeScaling,
+    RotaryPositions,
+)
 from modeldeck.runtime.attention import Backend
 
 __all__ = ["Decoder", "KVCache", "alibi_slopes"]
@@ -97,55 +113,110 @@ class KVCache:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
+    """x / rms(x) in fp32, scaled by weight (or, with `unit_offset`, by 1 + weight in fp32: Gemma's convention)."""
+
+    def __init__(self, size: int, eps: float, unit_offset: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
+        self.eps, self.unit_offset = eps, unit_offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            return (normed * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * normed.to(x.dtype)
 
 
-def make_norm(arch: Architecture) -> nn.Module:
+def make_norm(arch: Architecture, size: int | None = None) -> nn.Module:
+    """The card's norm over `size` features (default: hidden_size)."""
+    size = arch.hidden_size if size is None else size
     if arch.norm.kind == "rmsnorm":
-        return RMSNorm(arch.hidden_size, arch.norm.eps)
-    return nn.LayerNorm(arch.hidden_size, eps=arch.norm.eps)
+        return RMSNorm(size, arch.norm.eps, arch.norm.unit_offset)
+    return nn.LayerNorm(size, eps=arch.norm.eps, bias=arch.norm.bias)
 
 
-class GELUMLP(nn.Module):
-    """down(gelu(up(x))), exact erf GELU."""
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),
+    "relu": F.relu,
+    "swiglu": F.silu,
+    "geglu": F.gelu,
+    "geglu_tanh": functools.partial(F.gelu, approximate="tanh"),
+}
+"""The activation of each MLP kind (registry/schema.MLP_KINDS); for gated kinds, the gate's."""
+
+
+class MLP(nn.Module):
+    """down(act(up(x))): GELU (exact or tanh) or ReLU."""
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.up = nn.Linear(arch.hidden_size, arch.ffn_size, bias=arch.bias.mlp)
         self.down = nn.Linear(arch.ffn_size, arch.hidden_size, bias=arch.bias.mlp)
+        self.act = ACTIVATIONS[arch.mlp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        down: torch.Tensor = self.down(F.gelu(self.up(x)))
+        down: torch.Tensor = self.down(self.act(self.up(x)))
         return down
 
 
-class SwiGLUMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)). Llama: gate_proj/up_proj; BTLM: c_fc2 is the gate, c_fc the up projection."""
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU (act = SiLU) or GeGLU (GELU). Llama: gate_proj/up_proj; BTLM: c_fc2 is the
+    gate, c_fc the up projection."""
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         self.gate = nn.Linear(arch.hidden_size, arch.ffn_size, bias=arch.bias.mlp)
         self.up = nn.Linear(arch.hidden_size, arch.ffn_size, bias=arch.bias.mlp)
         self.down = nn.Linear(arch.ffn_size, arch.hidden_size, bias=arch.bias.mlp)
+        self.act = ACTIVATIONS[arch.mlp]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        down: torch.Tensor = self.down(F.silu(self.gate(x)) * self.up(x))
+        down: torch.Tensor = self.down(self.act(self.gate(x)) * self.up(x))
         return down
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
-    """GPT-NeoX rotary on the first `dims` of the last axis: halves [a, b] -> [a cos - b sin, b cos + a sin]."""
+    """Half-split rotary (GPT-NeoX, Llama) on the first `dims` of the last axis: halves [a, b] ->
+    [a cos - b sin, b cos + a sin]."""
     rot, rest = x[..., :dims], x[..., dims:]
     a, b = rot.chunk(2, dim=-1)
     rotated = rot * cos + torch.cat((-b, a), dim=-1) * sin
     return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+
+
+def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
+    """Interleaved rotary (GPT-J) on the first `dims`: each pair (x_2j, x_2j+1) -> (x_2j cos - x_2j+1 sin,
+    x_2j+1 cos + x_2j sin); `cos`/`sin` repeat each frequency twice, side by side."""
+    rot, rest = x[..., :dims], x[..., dims:]
+    pairs = rot.reshape(*rot.shape[:-1], dims // 2, 2)  # [..., dims/2, 2]
+    swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # [..., dims]
+    rotated = rot * cos + swapped * sin
+    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+
+
+def inverse_frequencies(arch: Architecture, length: int, device: torch.device) -> torch.Tensor:
+    """Rotary inverse frequencies [dims/2] (fp32) for a forward pass whose positions reach `length` - 1: base^(-2f /
+    dims), scaled as the card says (dynamic NTK depends on `length`, the others do not)."""
+    positions = arch.positions
+    assert isinstance(positions, RotaryPositions)
+    dims, base, scaling = arch.rotary_dims, positions.base, positions.scaling
+    if isinstance(scaling, DynamicRopeScaling) and length > scaling.original_context_length:
+        growth = scaling.factor * length / scaling.original_context_length - (scaling.factor - 1)
+        base = base * growth ** (dims / (dims - 2))
+    inverse = 1.0 / base ** (torch.arange(0, dims, 2, device=device, dtype=torch.float32) / dims)
+    if isinstance(scaling, LinearRopeScaling):
+        inverse = inverse / scaling.factor
+    elif isinstance(scaling, Llama3RopeScaling):
+        wavelength = 2 * math.pi / inverse
+        long, short = (scaling.original_context_length / f for f in (scaling.low_freq_factor, scaling.high_freq_factor))
+        smooth = (scaling.original_context_length / wavelength - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        between = (1 - smooth) * inverse / scaling.factor + smooth * inverse
+        inverse = torch.where(wavelength > long, inverse / scaling.factor, inverse)
+        inverse = torch.where((wavelength >= short) & (wavelength <= long), between, inverse)
+    return inverse
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -165,9 +236,13 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = arch.heads, arch.kv_heads, arch.head_dim
         self.qkv = nn.Linear(arch.hidden_size, (arch.heads + 2 * arch.kv_heads) * arch.head_dim, bias=arch.bias.qkv)
+        self.q_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
+        self.k_norm = make_norm(arch, arch.head_dim) if arch.qk_norm else None
         self.out = nn.Linear(arch.heads * arch.head_dim, arch.hidden_size, bias=arch.bias.attention_output)
         power = 1.0 if arch.multipliers.attention == "inverse_head_dim" else 0.5
         self.scale = arch.head_dim**-power
+        interleaved = isinstance(arch.positions, RotaryPositions) and arch.positions.rotation == "interleaved"
+        self.rotate = rotate_interleaved if interleaved else rotate
 
     def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
         batch, queries, _ = x.shape
@@ -177,9 +252,11 @@ class Attention(nn.Module):
         q = q.view(batch, queries, self.heads, self.head_dim)  # [B, T, H, D]
         k = k.view(batch, queries, self.kv_heads, self.head_dim)  # [B, T, KV, D]
         v = v.view(batch, queries, self.kv_heads, self.head_dim)  # [B, T, KV, D]
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # over each head's D dims
         if ctx.rotary_dims:
-            q = rotate(q, ctx.cos, ctx.sin, ctx.rotary_dims)
-            k = rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
+            q = self.rotate(q, ctx.cos, ctx.sin, ctx.rotary_dims)
+            k = self.rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
         ctx.cache.write(layer, k, v, ctx.start, ctx.uniform)
         keys, values = ctx.cache.view(layer, ctx.used)
         out = ctx.backend.attend(q.to(keys.dtype), keys, values, ctx.mask, self.scale)  # [B, T, H, D], cache dtype
@@ -194,7 +271,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(arch)
         self.mlp_norm = None if arch.residual.shared_norm else make_norm(arch)
         self.attn = Attention(arch)
-        self.mlp = SwiGLUMLP(arch) if arch.mlp == "swiglu" else GELUMLP(arch)
+        self.mlp = GatedMLP(arch) if arch.gated_mlp else MLP(arch)
 
     def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
         h = self.attn_norm(x)
@@ -219,25 +296,32 @@ class Context:
         self, decoder: Decoder, cache: KVCache, start: torch.Tensor, queries: int, backend: Backend, static: bool
     ):
         self.cache, self.start, self.backend = cache, start, backend
+        window = decoder.arch.sliding_window
         if static:
-            self.uniform, self.used, every_key = None, cache.capacity, False
+            self.uniform, self.used, every_key, highest = None, cache.capacity, False, cache.capacity - queries
         else:
             lowest, highest = (int(n) for n in torch.aminmax(start))
             self.uniform = lowest if lowest == highest else None  # the start all sequences share, if they do
             self.used = backend.keys(highest, queries, cache.capacity, decoder.alibi is not None)  # positions read
             every_key = self.uniform is not None and queries == 1 and self.used == highest + 1
-        # The mask carries the causal rule and, for ALiBi models, the bias (runtime/attention.py builds both).
-        self.mask = backend.prepare(start, queries, self.used, decoder.alibi, cache.k.dtype, every_key)
-        self.rotary_dims = decoder.rotary_dims
+            every_key = every_key and (window is None or self.used <= window)
+        # The mask carries the causal rule, the sliding window and, for ALiBi models, the bias (runtime/attention.py).
+        self.mask = backend.prepare(start, queries, self.used, decoder.alibi, cache.k.dtype, every_key, window)
+        # Positions of the queries: one slice shared by the batch, or [B, T] indices.
+        rows: slice | torch.Tensor = slice(0)
+        if self.uniform is not None:
+            rows = slice(self.uniform, self.uniform + queries)
+        else:
+            rows = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
+        self.positions = rows
+        self.rotary_dims = decoder.arch.rotary_dims
         self.cos = self.sin = torch.empty(0)
         if self.rotary_dims:
-            cos, sin = decoder.rotary_tables(start.device)  # [context, dims] each
-            if self.uniform is not None:
-                rows = slice(self.uniform, self.uniform + queries)
+            cos, sin = decoder.rotary_tables(start.device, highest + queries)  # [context, dims] each
+            if isinstance(rows, slice):
                 self.cos, self.sin = cos[None, rows, None, :], sin[None, rows, None, :]  # [1, T, 1, dims]
             else:
-                positions = start[:, None] + torch.arange(queries, device=start.device)  # [B, T]
-                self.cos, self.sin = cos[positions][:, :, None, :], sin[positions][:, :, None, :]  # [B, T, 1, dims]
+                self.cos, self.sin = cos[rows][:, :, None, :], sin[rows][:, :, None, :]  # [B, T, 1, dims]
 
 
 class Decoder(nn.Module):
@@ -249,13 +333,19 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(
             arch.vocab_size, arch.hidden_size, _weight=torch.empty(arch.vocab_size, arch.hidden_size)
         )
+        self.position_offset = arch.positions.offset if isinstance(arch.positions, LearnedPositions) else 0
+        rows = arch.context_length + self.position_offset
+        self.pos_embed = (
+            nn.Embedding(rows, arch.hidden_size, _weight=torch.empty(rows, arch.hidden_size))
+            if isinstance(arch.positions, LearnedPositions)
+            else None
+        )
+        self.embed_norm = make_norm(arch) if arch.embedding_norm else None
         self.blocks = nn.ModuleList(Block(arch) for _ in range(arch.layers))
         self.final_norm = make_norm(arch)
         self.lm_head = (
             None if arch.tied_embeddings else nn.Linear(arch.hidden_size, arch.vocab_size, bias=arch.bias.lm_head)
         )
-        self.rotary_dims = arch.rotary_dims
-        self.rotary_base = arch.positions.base if isinstance(arch.positions, RotaryPositions) else 0.0
         # ALiBi slopes [H] (fp32): the standard ones; loading replaces them with a checkpoint's stored copy
         # once it is checked to be those slopes (as rounded to the checkpoint's dtype, as the original runs).
         self.alibi = alibi_slopes(arch.heads) if isinstance(arch.positions, AlibiPositions) else None
@@ -264,15 +354,25 @@ class Decoder(nn.Module):
         self.tied_head: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.precision = "asked for"  # why the weights are in their dtype (runtime/loading.py sets it)
 
-    def rotary_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin [context, dims] (fp32) of every position's rotary angles, built once per device: the angle
-        of position p and frequency f is p · base^(-2f / dims), repeated for both halves of the rotated dims."""
-        if self._rotary is None or self._rotary[0].device != device:
-            positions = torch.arange(self.arch.context_length, device=device, dtype=torch.float32)
-            frequencies = torch.arange(0, self.rotary_dims, 2, device=device, dtype=torch.float32) / self.rotary_dims
-            angles = positions[:, None] * self.rotary_base**-frequencies  # [context, dims/2]
-            angles = torch.cat((angles, angles), dim=-1)  # [context, dims]
-            self._rotary = angles.cos(), angles.sin()
+    def rotary_tables(self, device: torch.device, length: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [context, dims] (fp32) of every position's rotary angles p · inverse_frequencies, each
+        frequency twice (halves side by side, or neighbours for interleaved rotation). Built once per device, except
+        under dynamic NTK scaling in a pass that reaches `length` beyond the original context (built for that pass)."""
+        positions = self.arch.positions
+        assert isinstance(positions, RotaryPositions)
+        scaling = positions.scaling
+        dynamic = isinstance(scaling, DynamicRopeScaling) and length > scaling.original_context_length
+        if dynamic or self._rotary is None or self._rotary[0].device != device:
+            steps = torch.arange(self.arch.context_length, device=device, dtype=torch.float32)
+            angles = steps[:, None] * inverse_frequencies(self.arch, length, device)  # [context, dims/2]
+            if positions.rotation == "interleaved":
+                angles = angles.repeat_interleave(2, dim=-1)  # [context, dims]: f0 f0 f1 f1 ...
+            else:
+                angles = torch.cat((angles, angles), dim=-1)  # [context, dims]: f0 f1 ... f0 f1 ...
+            tables = angles.cos(), angles.sin()
+            if dynamic:
+                return tables
+            self._rotary = tables
         return self._rotary
 
     def forward(
@@ -295,6 +395,15 @@ class Decoder(nn.Module):
         x = self.embed(tokens)  # [B, T, d]
         if self.arch.multipliers.embedding != 1.0:
             x = x * self.arch.multipliers.embedding
+        if self.pos_embed is not None:
+            rows = ctx.positions
+            if isinstance(rows, slice):
+                rows = slice(rows.start + self.position_offset, rows.stop + self.position_offset)
+                x = x + self.pos_embed.weight[rows]  # [T, d], one slice for the batch
+            else:
+                x = x + self.pos_embed(rows + self.position_offset)  # [B, T, d]
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, ctx, layer)
         if last is not None:

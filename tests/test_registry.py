@@ -145,7 +145,8 @@ def test_unknown_layout_or_format_name(site, card_data):
     fields = {d.field: d for d in reg.errors()}
     assert set(fields) == {"architecture.checkpoint_layout", "prompt_format"}
     assert (
-        "registered layouts: btlm, falcon, falcon-7b, gpt-neox, llama" in fields["architecture.checkpoint_layout"].hint
+        "registered layouts: bloom, btlm, falcon, falcon-7b, gpt-neox, gpt2, gptj, llama, opt, phi, starcoder2"
+        in fields["architecture.checkpoint_layout"].hint
     )
     assert "registered formats: plain" in fields["prompt_format"].hint
 

@@ -12,7 +12,7 @@ from modeldeck.registry.catalog import Entry
 from modeldeck.registry.manager import PluginInfo
 from modeldeck.registry.params import count_parameters
 from modeldeck.registry.prompting import PromptError, render_prompt
-from modeldeck.registry.schema import AlibiPositions, Card
+from modeldeck.registry.schema import AlibiPositions, Architecture, Card, LearnedPositions
 
 __all__ = [
     "card_json",
@@ -95,15 +95,31 @@ def _join(items: list[str]) -> str:
     return ", ".join(items)
 
 
+def describe_positions(arch: Architecture) -> str:
+    """Positions in words: ALiBi, a learned table, or rotary with its rotation, base and scaling."""
+    p = arch.positions
+    if isinstance(p, AlibiPositions):
+        return "ALiBi"
+    if isinstance(p, LearnedPositions):
+        return f"learned, {arch.context_length:,} positions" + (f" (offset {p.offset})" if p.offset else "")
+    text = f"rotary on {arch.rotary_dims}/{arch.head_dim} dims ({p.fraction:g}), base {p.base:g}"
+    text += ", interleaved" if p.rotation == "interleaved" else ""
+    return text + (f", {p.scaling.kind} scaling x{p.scaling.factor:g}" if p.scaling else "")
+
+
+def describe_norm(arch: Architecture) -> str:
+    norm = arch.norm
+    text = norm.kind + (" without bias" if norm.kind == "layernorm" and not norm.bias else "")
+    text += " (1 + weight)" if norm.unit_offset else ""
+    extras = [what for what, on in (("on the embeddings", arch.embedding_norm), ("on q and k", arch.qk_norm)) if on]
+    return f"{text}, eps {norm.eps:g}" + (f"; also {' and '.join(extras)}" if extras else "")
+
+
 def card_sections(entry: Entry) -> list[RenderableType]:
     card = entry.card
     arch, tok, gen, fmt = card.architecture, card.tokenizer, card.generation, card.format
     counted = count_parameters(arch)
-    positions = (
-        "ALiBi"
-        if isinstance(arch.positions, AlibiPositions)
-        else f"rotary on {arch.rotary_dims}/{arch.head_dim} dims ({arch.positions.fraction:g}), base {arch.positions.base:g}"
-    )
+    positions = describe_positions(arch)
     residual = arch.residual.kind + (" (one shared norm)" if arch.residual.shared_norm else "")
     biases = [name for name, on in arch.bias.model_dump().items() if on]
     stated = card.parameters
@@ -165,7 +181,8 @@ def card_sections(entry: Entry) -> list[RenderableType]:
                 ("vocab size", arch.vocab_size),
                 ("context length", f"{arch.context_length:,}"),
                 ("positions", positions),
-                ("norm", f"{arch.norm.kind}, eps {arch.norm.eps:g}"),
+                ("norm", describe_norm(arch)),
+                ("sliding window", f"{arch.sliding_window:,}" if arch.sliding_window else None),
                 ("mlp", arch.mlp),
                 ("residual", residual),
                 ("biases", _join(biases) or "none"),
