@@ -49,7 +49,7 @@ class ConfigMismatch(NamedTuple):
         if self.field == "(unsupported)":
             return f"config.json sets {self.key}={self.checkpoint_value!r}, which switches on {self.rule}"
         if self.field == "(inexpressible)":
-            return f"config.json {self.key}={self.checkpoint_value!r} {self.rule}"
+            return f"config.json {self.key}={self.checkpoint_value!r}{self.rule}"
         return (
             f"config.json {self.key}={self.checkpoint_value!r} disagrees with the card's {self.field} "
             f"({self.card_value!r}; rule: {self.key} <-> {self.rule})"
@@ -214,10 +214,12 @@ class Unsupported(BaseModel):
 
 
 class FromConfig(NamedTuple):
-    """What a layout's rules read from a config.json: card architecture fields (dotted paths -> values), the keys
-    that say something modeldeck cannot express or run, and the keys no rule reads."""
+    """What a layout's rules read from a config.json: card architecture fields (dotted paths -> values), where each
+    came from (the config key, the model_type, or the layout's default), the keys that say something modeldeck
+    cannot express or run, and the keys no rule reads."""
 
     fields: dict[str, Any]
+    sources: dict[str, str]
     problems: list[ConfigMismatch]
     unread: list[str]
 
@@ -276,6 +278,11 @@ class CheckpointLayout(BaseModel):
         "`allowed`) switch on a feature the runtime does not implement: a checkpoint that sets one is refused, "
         "not run wrongly.",
     )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Architecture fields a new card gets when config.json does not state them (BLOOM's context "
+        "length); suggestions for `modeldeck card new`, never checked.",
+    )
     ignored_config: list[str] = Field(
         default_factory=list, description="config.json keys of this family that do not change the computation."
     )
@@ -331,14 +338,14 @@ class CheckpointLayout(BaseModel):
         if unknown or len(mapped) > 1:
             family = f" (model_type {model_type})" if model_type else ""
             known = ", ".join(f"{k} -> {v}" for k, v in rule.values.items())
-            what = f"value {unknown[0]!r}" if unknown else "a mix of values"
+            what = f": {unknown[0]!r} is a value" if unknown else " mixes values in a way"
             return None, ConfigMismatch(
                 key,
                 "(inexpressible)",
                 None,
                 stored,
-                f"{family}: its {what} is not something modeldeck's architecture vocabulary can express (it reads "
-                f"{known}); this checkpoint needs a decoder feature modeldeck does not have",
+                f"{family}{what} that modeldeck's architecture vocabulary cannot express (it reads {known}); this "
+                "checkpoint needs a decoder feature modeldeck does not have",
             )
         return json.loads(mapped.pop()), None
 
@@ -385,6 +392,7 @@ class CheckpointLayout(BaseModel):
         check it, in reverse; the implied fields of its model_type; what cannot be expressed; the unread keys."""
         model_type = config.get("model_type") if isinstance(config.get("model_type"), str) else None
         fields: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         problems: list[ConfigMismatch] = []
         read = {*GENERIC_CONFIG_KEYS, *self.ignored_config, *self.unsupported}
         for key, rule in self.rules().items():
@@ -400,12 +408,19 @@ class CheckpointLayout(BaseModel):
                 continue
             for text, meant in zip(rule.fields, _per_field(rule, value), strict=True):
                 condition = _Condition.parse(text)
+                if condition.path in fields:
+                    continue
                 if not condition.op:
-                    fields.setdefault(condition.path, meant)
+                    fields[condition.path], sources[condition.path] = meant, f"config.json {key}"
                 elif bool(meant) == (condition.op == "=="):  # the condition states the field's value
-                    fields.setdefault(condition.path, _literal(condition.literal))
+                    fields[condition.path] = _literal(condition.literal)
+                    sources[condition.path] = f"config.json {key}"
         for path, value in self.implied_for(model_type).items():
             fields[path] = _implied_value(value, fields)
+            sources[path] = f"model_type {model_type}" if model_type else f"layout {self.name}"
+        for path, value in self.defaults.items():
+            if path not in fields:
+                fields[path], sources[path] = value, f"layout {self.name}'s default (config.json does not say)"
         for key, unsupported in self.unsupported_rules().items():
             stored = _lookup(config, key)
             if stored is not _ABSENT and not any(
@@ -422,7 +437,7 @@ class CheckpointLayout(BaseModel):
         rope = config.get("rope_parameters")
         if isinstance(rope, dict):
             unread += sorted(f"rope_parameters.{k}" for k in rope if f"rope_parameters.{k}" not in self.rules())
-        return FromConfig(fields, problems, unread)
+        return FromConfig(fields, sources, problems, unread)
 
     def checkpoint_name(self, decoder_name: str, block: int | None = None) -> str:
         template = self.tensors[decoder_name]

@@ -199,7 +199,7 @@ def _block(m: _Shape, c: int, s: int) -> int:
     # Then, with h still held: attended, x + attended, the MLP's norm and its intermediate (GELU: up and gelu(up);
     # SwiGLU: silu(gate), up and their product) -- the same count for parallel and sequential residuals.
     norm2 = 0 if a.residual.shared_norm else e * rows * d
-    inner = (3 if a.mlp == "swiglu" else 2) * e * rows * a.ffn_size
+    inner = (3 if a.gated_mlp else 2) * e * rows * a.ffn_size
     mlp = 3 * e * rows * d + max(norm2 + (rms if norm2 else 0), norm2 + inner)
     return max(attention, mlp)
 
@@ -500,10 +500,10 @@ def pipeline_split(card: Card, plan: Estimate, memory: int) -> Split | None:
     running = max(t.bytes for t in plan.phases if t.name != "sampling")
     last_running = max(running, next(t.bytes for t in plan.phases if t.name == "sampling"))
     loading = plan.loading.bytes - plan.weights.bytes  # one reordered QKV weight at a time
-    head = count.final_norm * e + (count.lm_head or count.embedding) * e
+    head = count.final_norm * e + (count.lm_head or arch.vocab_size * arch.hidden_size) * e
     ends = ("final norm", "LM head" if count.lm_head else "LM head (a copy of the tied embedding)")
     for gpus in range(2, arch.layers + 1):
-        fixed = [count.embedding * e] + [0] * (gpus - 2) + [head]
+        fixed = [(count.embedding + count.embedding_norm) * e] + [0] * (gpus - 2) + [head]
         active = [running] * (gpus - 1) + [last_running]
         layers = [1] * gpus
         for _ in range(arch.layers - gpus):  # each further layer to the stage that stays smallest
