@@ -67,6 +67,13 @@ def test_visible_keys_truth_table():
     assert decode.tolist() == [[True] * 4, [True, False, False, False], [True, True, False, False]]
 
 
+def test_a_sliding_window_hides_keys_more_than_window_minus_one_back():
+    # window 3: a query sees itself and the two keys before it (transformers: key j visible iff i - j < window)
+    mask = visible_keys(torch.tensor([0, 3]), 3, 6, window=3)[:, 0]
+    assert mask[0].int().tolist() == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+    assert mask[1].int().tolist() == [[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1]]
+
+
 def visible(q, k, start):
     """The mask the eager and sdpa backends take: visible_keys for these queries and cache positions."""
     return visible_keys(start, q.shape[1], k.shape[1])
@@ -105,26 +112,27 @@ def test_an_additive_bias_like_alibi_is_applied_the_same_way(kind, case):
     assert (eager - eager_attention(q, k, v, EagerMask(mask, None), scale)).abs().max().item() > 1e-3
 
 
-def block_diagonal(start, queries, cache_length):
+def block_diagonal(start, queries, cache_length, window=None):
     """visible_keys for queries packed as [B*T] and the cache as [B*S]: 0 where visible, -inf elsewhere."""
     batch = len(start)
     mask = torch.full((batch * queries, batch * cache_length), -math.inf)
-    visible = visible_keys(start, queries, cache_length)[:, 0]  # [B, T, S]
+    visible = visible_keys(start, queries, cache_length, window)[:, 0]  # [B, T, S]
     for b in range(batch):
         block = torch.zeros(queries, cache_length).masked_fill(~visible[b], -math.inf)
         mask[b * queries : (b + 1) * queries, b * cache_length : (b + 1) * cache_length] = block
     return mask
 
 
+@pytest.mark.parametrize("window", [None, 2, 5])
 @pytest.mark.parametrize("case", CASES)
-def test_xformers_bias_materializes_to_visible_keys(case):
+def test_xformers_bias_materializes_to_visible_keys(case, window):
     pytest.importorskip("xformers.ops.fmha.attn_bias")
     queries, cache_length, starts = CASES[case]
     start = torch.tensor(starts)
     batch = len(starts)
-    bias = xformers_bias(start, queries, cache_length)
+    bias = xformers_bias(start, queries, cache_length, window)
     got = bias.materialize(shape=(batch * queries, batch * cache_length), dtype=torch.float32, device="cpu")
-    assert torch.equal(got, block_diagonal(start, queries, cache_length))
+    assert torch.equal(got, block_diagonal(start, queries, cache_length, window))
 
 
 @pytest.mark.gpu
