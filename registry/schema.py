@@ -305,7 +305,8 @@ MLP_KINDS: dict[str, str] = {
     "geglu": "down(gelu(gate(x)) * up(x)), exact erf GELU",
     "geglu_tanh": "down(gelu(gate(x)) * up(x)), tanh approximation (Gemma)",
 }
-"""The MLPs the decoder runs; the gated ones (with a gate projection) end in 'glu'."""
+"""The MLPs the decoder runs; the gated ones (with a gate projection) are GATED_MLPS."""
+GATED_MLPS = frozenset({"swiglu", "geglu", "geglu_tanh"})
 
 
 class Architecture(_Strict):
@@ -356,7 +357,7 @@ class Architecture(_Strict):
     @property
     def gated_mlp(self) -> bool:
         """The MLP has a gate projection (swiglu, geglu, geglu_tanh)."""
-        return self.mlp.endswith("glu")
+        return self.mlp in GATED_MLPS
 
     @property
     def unscaled_context_length(self) -> int:
