@@ -11,10 +11,13 @@ repository); looking such a name up lists the candidates.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from modeldeck.registry.cardfile import load_card_file
 from modeldeck.registry.diagnostics import CardError, Diagnostic, ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.manager import (
@@ -91,6 +94,20 @@ class Registry:
         if len(winners) > 1:
             raise CardConflictError(name, winners)
         return winners[0]
+
+    def card_or_file(self, name: str | os.PathLike[str]) -> tuple[Card, str]:
+        """The card NAME means, and where it comes from: a card file, resolved against the installed prompt formats
+        and layouts (`resolve_card`), or an installed card (id, alias or hub repository) and its file.
+
+        NAME is a card file when it is a path object, ends in .yaml or .yml, or names an existing file; anything
+        else is looked up. The one rule for every place that takes "a card id or a card file" (the CLI's commands,
+        `runtime.load`). Raises CardError for a file that is not a valid card, CardNotFoundError /
+        CardConflictError (LookupErrors) for a name no installed card has, or more than one claims."""
+        path = Path(name)
+        if not isinstance(name, str) or path.suffix in (".yaml", ".yml") or path.is_file():
+            return self.resolve_card(load_card_file(path), str(path)), str(path)
+        entry = self.entry(name)
+        return entry.card, entry.where
 
     def suggest(self, name: str) -> list[str]:
         """Ids of the cards whose names start like `name` or are close to it."""
@@ -194,7 +211,8 @@ class Registry:
         index: dict[str, list[tuple[int, Entry]]] = {}
         for entry in self._entries:
             card = entry.card
-            names = [(0, card.id), *((1, a.lower()) for a in card.aliases), (2, card.source.repo.lower())]
+            repo = [(2, card.source.repo.lower())] if card.source.repo else []
+            names = [(0, card.id), *((1, a.lower()) for a in card.aliases), *repo]
             for rank, name in names:
                 slot = index.setdefault(name, [])
                 if not any(other is entry for _, other in slot):

@@ -9,12 +9,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modeldeck.registry.diagnostics import Diagnostic
 from modeldeck.registry.params import count_parameters
 from modeldeck.registry.schema import Card
 
-__all__ = ["check_card", "check_tokenizer"]
+if TYPE_CHECKING:  # the registry imports no tokenizers at run time; check_tokenizer imports it when it runs
+    from tokenizers import Tokenizer
+
+__all__ = ["check_card", "check_loaded_tokenizer", "check_tokenizer"]
 
 
 def check_card(card: Card, where: str) -> list[Diagnostic]:
@@ -175,7 +179,11 @@ def check_tokenizer(card: Card, directory: Path, where: str) -> list[Diagnostic]
                 "error", f"cannot load the tokenizer: {exc}", str(path), hint="give a folder with a tokenizer.json"
             )
         ]
+    return check_loaded_tokenizer(card, tokenizer, path, where)
 
+
+def check_loaded_tokenizer(card: Card, tokenizer: Tokenizer, path: Path, where: str) -> list[Diagnostic]:
+    """`check_tokenizer` of a tokenizer already loaded from `path` (the runtime's, so it is not read twice)."""
     found: list[Diagnostic] = []
     special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
 
@@ -192,7 +200,11 @@ def check_tokenizer(card: Card, directory: Path, where: str) -> list[Diagnostic]
                 hint="check the token's text in the card, or give the tokenizer this card is for",
             )
         elif actual != token_id:
-            problem(f"special token {text!r} is id {actual} in the tokenizer, the card says {token_id}", "tokenizer")
+            problem(
+                f"special token {text!r} is id {actual} in the tokenizer, the card says {token_id}",
+                "tokenizer",
+                hint=f"set the id of {fields[text]} to {actual}, or give the tokenizer this card is for",
+            )
         elif token_id not in special_ids:
             problem(f"{text!r} (id {token_id}) is not a special token in the tokenizer", "tokenizer")
     for i, marker in enumerate(card.tokenizer.markers):

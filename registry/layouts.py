@@ -200,7 +200,7 @@ class ConfigRule(BaseModel):
         return [value] if isinstance(value, str) else value
 
     def describe(self) -> str:
-        mapping = f" via {self.values}" if self.values else ""
+        mapping = f" ({', '.join(f'{k} -> {v}' for k, v in self.values.items())})" if self.values else ""
         return f"{', '.join(self.fields)}{mapping}"
 
 

@@ -31,7 +31,7 @@ from modeldeck.runtime.kernels import check_quantize
 from modeldeck.runtime.loading import load_decoder
 from modeldeck.runtime.model import Decoder
 from modeldeck.runtime.text import TextStream
-from modeldeck.runtime.tokenizer import TextTokenizer, load_tokenizer
+from modeldeck.runtime.tokenizer import TextTokenizer, load_tokenizer, require_card_match
 
 __all__ = ["Generation", "Model", "load"]
 
@@ -232,7 +232,7 @@ def _choose_device(requested: str | torch.device | None) -> torch.device:
 
 
 def load(
-    card: str | Card,
+    card: str | os.PathLike[str] | Card,
     *,
     weights: str | os.PathLike[str] | None = None,
     revision: str | None = None,
@@ -244,7 +244,14 @@ def load(
     quantize: str | None = None,
     cuda_graphs: bool = False,
 ) -> Model:
-    """A card (id, alias, hub repo, or Card) -> a Model with weights from `weights=DIR`, the package, or the hub.
+    """A card (id, alias, hub repo, a card file, or Card) -> a Model with weights from `weights=DIR`, the package,
+    or the hub.
+
+    A card file is a path object, a name ending in .yaml or .yml, or the name of an existing file, read as
+    `modeldeck generate PATH.yaml` reads it (`Registry.card_or_file`); its errors name the file. A card without
+    source.repo needs `weights=DIR` (or bundled weights); without them NoRepositoryError says so, naming the card.
+    When the weights folder has a tokenizer.json, the card's special token ids (bos, eos, pad, ...), markers and
+    stop strings are checked against it before any weight is read: a disagreement is a CardError naming both ids.
 
     `verify=True` checks every file the card pins (source.files: sha256 and size) before any weight is read, and
     raises VerificationError naming each missing, wrong-size, wrong-hash or unpinned weight file (NoPinsError when
@@ -256,7 +263,11 @@ def load(
     stores the linear layers' weights as int8 with one scale per output row (runtime/kernels.py). `cuda_graphs=True`
     replays each decode step of `generate`/`stream` as a CUDA graph (runtime/graphs.py; CUDA with sdpa or eager)."""
     reg = registry.default()
-    resolved = reg.get(card) if isinstance(card, str) else reg.resolve_card(card, f"card {card.id!r}")
+    if isinstance(card, Card):
+        origin = f"card {card.id!r}"
+        resolved = reg.resolve_card(card, origin)
+    else:
+        resolved, origin = reg.card_or_file(card)
     layout = reg.checkpoint_layouts()[resolved.architecture.checkpoint_layout]
     from modeldeck.registry.weights import resolve_weights
 
@@ -275,6 +286,7 @@ def load(
     if chosen is not None:
         check_quantize(quantize, where, chosen)
     tokenizer = load_tokenizer(resolved, directory)
+    require_card_match(tokenizer, directory, origin)  # before any weight is read
     decoder = load_decoder(resolved, layout, directory, chosen, where, allow_pickle, quantize)
     if quantize is not None and dtype is None:
         decoder.precision = f"{quantize} weights multiply bfloat16 activations"

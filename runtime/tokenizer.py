@@ -15,11 +15,12 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
-from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.checks import check_loaded_tokenizer
+from modeldeck.registry.diagnostics import CardError, ModeldeckError
 from modeldeck.registry.prompting import Segment
 from modeldeck.registry.schema import Card
 
-__all__ = ["IncrementalDecode", "TextTokenizer", "load_tokenizer"]
+__all__ = ["IncrementalDecode", "TextTokenizer", "load_tokenizer", "require_card_match"]
 
 
 class TextTokenizer:
@@ -112,7 +113,9 @@ class IncrementalDecode:
 
 
 def load_tokenizer(card: Card, directory: Path) -> TextTokenizer:
-    """tokenizer.json if the checkpoint has one; else a SentencePiece tokenizer.model, converted."""
+    """tokenizer.json if the checkpoint has one; else a SentencePiece tokenizer.model, converted (the card's special
+    tokens checked to land on its ids). A tokenizer.json is loaded as it is, whatever the card says (decoding needs
+    none of it): `require_card_match` checks the card against it, for `runtime.load`."""
     path = directory / "tokenizer.json"
     if path.exists():
         try:
@@ -124,6 +127,23 @@ def load_tokenizer(card: Card, directory: Path) -> TextTokenizer:
     raise ModeldeckError(
         f"no tokenizer in {directory}: expected tokenizer.json (or tokenizer.model); the card lists {card.tokenizer.files}"
     )
+
+
+def require_card_match(tokenizer: TextTokenizer, directory: Path, where: str) -> None:
+    """CardError when the card disagrees with the checkpoint's tokenizer.json, as `modeldeck validate --weights DIR`
+    reports it (`registry.checks.check_tokenizer`: the bos/eos/pad/unk and other special tokens' ids, markers, stop
+    strings, the vocabulary against the embedding), each error naming `where` (the card file) and both ids.
+
+    A wrong id would make the model stop, pad or prompt on the wrong tokens without a word, so `runtime.load` calls
+    this before it reads any weight. Warnings pass. A checkpoint without tokenizer.json (a SentencePiece
+    tokenizer.model, converted) was checked as it was converted."""
+    path = directory / "tokenizer.json"
+    if not path.exists():
+        return
+    found = check_loaded_tokenizer(tokenizer.card, tokenizer.backend, path, where)
+    errors = [d for d in found if d.severity == "error"]
+    if errors:
+        raise CardError(errors)
 
 
 def _from_sentencepiece(card: Card, model_file: Path) -> Tokenizer:

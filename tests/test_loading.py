@@ -90,7 +90,8 @@ def test_a_wrong_shape_names_tensor_shapes_and_the_card_field(neox, tmp_path):
          "(1e-05; rule: layer_norm_eps <-> norm.eps)"),
         # a conditional rule shows the card's own value of the field, not the rule's evaluated boolean
         ("use_parallel_residual", False, "config.json use_parallel_residual=False disagrees with the card's "
-         "architecture.residual.kind ('parallel'; rule: use_parallel_residual <-> residual.kind == parallel)"),
+         "architecture.residual.kind ('parallel'; rule: use_parallel_residual <-> residual.kind (true -> parallel, "
+         "false -> sequential))"),
         ("rope_parameters", {"partial_rotary_factor": 0.5, "rope_theta": 10000.0, "rope_type": "default"},
          "config.json rope_parameters.partial_rotary_factor=0.5 disagrees with the card's "
          "architecture.positions.fraction (0.25;"),

@@ -13,7 +13,7 @@ from modeldeck import registry
 from modeldeck.registry.checks import check_card, check_tokenizer
 from modeldeck.registry.cli import display
 from modeldeck.registry.cli.checkpoint import weights_diagnostics
-from modeldeck.registry.cli.common import card_or_file, err, load_registry, out, report_errors
+from modeldeck.registry.cli.common import err, find_card, load_registry, out, report_errors
 from modeldeck.registry.diagnostics import CardError, Diagnostic
 from modeldeck.registry.prompting import PromptError, render_prompt
 from modeldeck.registry.schema import Card
@@ -58,11 +58,11 @@ def show(name: str, as_json: bool) -> None:
 )
 @report_errors
 def prompt(name: str, text: str | None, system: str | None, messages: str | None) -> None:
-    """Print the exact prompt the model will see for TEXT (or a conversation).
+    """Print the exact prompt the model will see for TEXT (or a conversation) with card NAME (an id or a card file).
 
     The prompt is written byte for byte; a newline is added only when writing to a terminal.
     """
-    card = load_registry(quiet_problems=True).get(name)
+    card, _ = find_card(name)
     if (text is None) == (messages is None):
         raise click.UsageError("give either TEXT or --messages")
     conversation: Any = text
@@ -89,14 +89,17 @@ def prompt(name: str, text: str | None, system: str | None, messages: str | None
 @click.option(
     "--weights",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A checkpoint folder: check its tensors (safetensors headers only) and config.json against the card.",
+    help="A checkpoint folder: check its tensors (safetensors headers only), config.json and its tokenizer.json "
+    "against the card.",
 )
 @report_errors
 def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None, weights: Path | None) -> None:
     """Validate the installed cards, or the given card files (or card ids).
 
     With --weights DIR (one card): every tensor the card implies is in the checkpoint with the shape its
-    architecture implies, nothing unexpected, the parameter count, and config.json; no weights are read.
+    architecture implies, nothing unexpected, the parameter count, and config.json; no weights are read. When DIR
+    holds a tokenizer.json (and no --tokenizer is given), the card's special tokens, markers and stop strings are
+    checked against it too, as `runtime.load` does before it reads weights.
     Exit code 0 when every card is valid (warnings allowed), 1 otherwise.
     """
     if weights is not None and len(cards) != 1:
@@ -110,7 +113,7 @@ def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None, weights: 
         targets = [(e.card, e.where) for e in reg.entries()]
     for name in cards:
         try:
-            targets.append(card_or_file(reg, name))
+            targets.append(reg.card_or_file(name))
         except CardError as exc:  # an invalid card file: checked, and invalid
             checked.append(name)
             found += exc.diagnostics
@@ -124,6 +127,8 @@ def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None, weights: 
             found += check_tokenizer(card, tokenizer, where)
         if weights is not None:
             found += weights_diagnostics(reg, card, weights)
+            if tokenizer is None and (weights / "tokenizer.json").is_file():
+                found += check_tokenizer(card, weights, where)
     errors = sum(d.severity == "error" for d in found)
     if fmt == "json":
         report = {"ok": errors == 0, "cards": checked, "diagnostics": [d.to_json() for d in found]}

@@ -1,5 +1,6 @@
 """What every `modeldeck` command shares: the consoles, clean error reporting, loading the registry, and finding
-the card a command is about (an installed card or a card file)."""
+the card a command is about (an installed card or a card file: `Registry.card_or_file`, the rule `runtime.load`
+follows too)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,17 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
 from modeldeck import registry
-from modeldeck.registry.cardfile import load_card_file
 from modeldeck.registry.catalog import Registry
 from modeldeck.registry.diagnostics import ModeldeckError, command_line
 from modeldeck.registry.schema import Card
 
-__all__ = ["F", "card_or_file", "err", "load_registry", "out", "report_errors"]
+__all__ = ["F", "err", "find_card", "load_registry", "out", "report_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,14 +74,7 @@ def load_registry(quiet_problems: bool = False) -> Registry:
     return reg
 
 
-def card_or_file(reg: Registry, name: str) -> tuple[Card, str]:
-    """The card NAME means, and where it comes from: a card file (.yaml, .yml, or any existing file) resolved
-    against the installed prompt formats and layouts, or an installed card (id, alias or hub repository).
-
-    Raises CardError for a file that is not a valid card, CardNotFoundError / CardConflictError (LookupErrors)
-    for a name no installed card has, or more than one claims."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return reg.resolve_card(load_card_file(path), str(path)), str(path)
-    entry = reg.entry(name)
-    return entry.card, entry.where
+def find_card(name: str) -> tuple[Card, str]:
+    """The card a command's NAME argument means (a card file or an installed card: `Registry.card_or_file`) and
+    where it comes from, with the registry loaded quietly (the command is about one card, not the plugins)."""
+    return load_registry(quiet_problems=True).card_or_file(name)

@@ -55,14 +55,15 @@ def memory_command(
     checkpoint_dtype: str | None,
     as_json: bool,
 ) -> None:
-    """Plan the memory of one generation with card NAME: weights, KV cache, activation peak and total.
+    """Plan the memory of one generation with card NAME (an id or a card file): weights, KV cache, activation
+    peak and total.
 
     With --device-memory: the largest context and batch that fit, or for a model that fits no single device,
     a pipeline split over several. Estimates model modeldeck's runtime (see registry/memory.py); not included:
     the process itself (Python, torch, the CUDA context) and allocator fragmentation.
     """
     reg = load_registry(quiet_problems=True)
-    card = reg.get(name)
+    card, _ = reg.card_or_file(name)
     if device_memory is not None and not device_memory > 0:
         raise memory.MemoryPlanError(f"--device-memory must be a positive number of GB, got {device_memory:g}")
     options: dict[str, Any] = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from modeldeck.registry.cli.common import F, load_registry
+from modeldeck.registry.cli.common import F, find_card
 from modeldeck.registry.decoder import BACKENDS, DTYPES, QUANTIZE
 
 __all__ = ["generation_options", "load_model", "load_options", "overrides"]
@@ -57,13 +57,15 @@ def generation_options(command: F) -> F:
 
 
 def load_model(name: str, options: dict[str, Any]) -> Any:
-    """The model of card NAME, loaded with the load options, which are taken out of `options`.
+    """The model of card NAME (an installed card or a card file), loaded with the load options, which are taken out
+    of `options`.
 
-    An unknown NAME fails before torch is imported."""
-    card = load_registry(quiet_problems=True).get(name)
+    An unknown NAME or an invalid card file fails before torch is imported; `runtime.load` then reads NAME by the
+    same rule (`Registry.card_or_file`), so its errors name the card file."""
+    find_card(name)
     from modeldeck import runtime  # torch is imported only by commands that run a model
 
-    return runtime.load(card.id, **{key: options.pop(key) for key in _LOAD_KEYS})
+    return runtime.load(name, **{key: options.pop(key) for key in _LOAD_KEYS})
 
 
 def overrides(options: dict[str, Any]) -> dict[str, Any]:

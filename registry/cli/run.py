@@ -28,7 +28,8 @@ __all__ = ["COMMANDS"]
 )
 @report_errors
 def generate(name: str, prompt: str, stream: bool, as_json: bool, verbose: bool, **options: Any) -> None:
-    """Generate a completion for PROMPT with card NAME (its prompt format and defaults apply)."""
+    """Generate a completion for PROMPT with card NAME, an id or a card file (its prompt format and defaults
+    apply)."""
     system = options.pop("system")
     began = time.perf_counter()
     model = load_model(name, options)
@@ -87,9 +88,9 @@ Ctrl-C while an answer is written stops that answer; the chat goes on."""
 @generation_options
 @report_errors
 def chat(name: str, **options: Any) -> None:
-    """Chat with card NAME in the terminal: /reset forgets the conversation, /help lists the commands, /exit or
-    Ctrl-D ends it. Ctrl-C stops the answer being written (what was written stays in the conversation); at the
-    prompt it ends the chat."""
+    """Chat with card NAME (an id or a card file) in the terminal: /reset forgets the conversation, /help lists the
+    commands, /exit or Ctrl-D ends it. Ctrl-C stops the answer being written (what was written stays in the
+    conversation); at the prompt it ends the chat."""
     system = options.pop("system")
     model = load_model(name, options)
     multi_turn = model.card.format.multi_turn

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from modeldeck.registry.cli.common import err, load_registry, report_errors
+from modeldeck.registry.cli.common import err, find_card, report_errors
 from modeldeck.registry.cli.options import load_model, load_options
 from modeldeck.registry.diagnostics import ModeldeckError
 
@@ -57,7 +57,8 @@ class PortError(ModeldeckError):
 )
 @report_errors
 def serve_command(name: str, **options: Any) -> None:
-    """Serve card NAME over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models).
+    """Serve card NAME (an id or a card file) over an OpenAI-compatible HTTP API (/v1/completions,
+    /v1/chat/completions, /v1/models).
 
     Requests are decoded together by a continuous-batching engine (up to --max-batch at once); the card's prompt
     format and generation defaults apply. Stop with Ctrl-C: in-flight requests finish first.
@@ -69,7 +70,7 @@ def serve_command(name: str, **options: Any) -> None:
         raise ModeldeckError(
             f"modeldeck serve needs fastapi and uvicorn ({exc}); install the serve extra: pip install 'modeldeck\\[serve]'"
         ) from None
-    load_registry(quiet_problems=True).get(name)  # an unknown name fails here, before the port is bound
+    find_card(name)  # an unknown name or an invalid card file fails here, before the port is bound
     host, port = options.pop("host"), options.pop("port")
     with _bind(host, port) as sock:
         model = load_model(name, options)  # torch is imported here

@@ -14,9 +14,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from modeldeck.registry.cli.common import card_or_file, err, load_registry, out, report_errors
+from modeldeck.registry.cli.common import err, find_card, out, report_errors
 from modeldeck.registry.cli.display import human_bytes
-from modeldeck.registry.schema import Card
 from modeldeck.registry.weights import (
     FileCheck,
     check_files,
@@ -34,11 +33,6 @@ from modeldeck.registry.weights import (
 )
 
 __all__ = ["COMMANDS"]
-
-
-def _card(name: str) -> Card:
-    """An installed card (id, alias or hub repo), or a card file (.yaml) resolved against the installed plugins."""
-    return card_or_file(load_registry(quiet_problems=True), name)[0]
 
 
 @click.command()
@@ -60,7 +54,7 @@ def download(name: str, revision: str | None, allow_pickle: bool, force_download
     authenticates for gated and private repositories, HF_HUB_OFFLINE=1 only looks in the cache, HF_ENDPOINT
     chooses the hub. The folder is printed on standard output, e.g. for --weights.
     """
-    card = _card(name)
+    card, _ = find_card(name)
     if card.source.bundled:
         chosen = check_revision(card, revision or card.source.revision)
         err.print(f"card {card.id} ships its weights in {card.source.bundled}: nothing to download", markup=False)
@@ -135,7 +129,7 @@ def verify(name: str, weights: Path | None, revision: str | None, as_json: bool,
     --print-pins DIR prints the `files:` block for the card's source section, computed from DIR (a folder you
     trust): the weights, config and tokenizer files the card needs.
     """
-    card = _card(name)
+    card, _ = find_card(name)
     if pins_from is not None:
         folder = weights_folder(card, pins_from)
         sys.stdout.write(pins_yaml(card, compute_pins(card, folder), folder))

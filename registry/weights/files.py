@@ -8,6 +8,8 @@
     resolve_weights(card, ...)               the folder to load: weights=DIR, the bundled folder, or the card's hub
                                              repository downloaded into (or found in) the Hugging Face cache
     download_plan(card, revision, ...)       the revision and file patterns a download asks for, refusals first
+    hub_repository(card)                     source.repo, or NoRepositoryError for a card that has none (a local
+                                             card whose weights are given with weights=DIR)
 
 Downloads and cache lookups go through `huggingface_hub.snapshot_download` (called in one place, `snapshot`),
 restricted to the files the card needs, so `HF_HOME`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE=1` and `HF_TOKEN` behave as
@@ -36,6 +38,7 @@ __all__ = [
     "PICKLE",
     "SAFETENSORS",
     "HubError",
+    "NoRepositoryError",
     "PickleRefusedError",
     "UnknownRevisionError",
     "WeightsNotFoundError",
@@ -44,6 +47,7 @@ __all__ = [
     "check_revision",
     "download_plan",
     "hub_cache",
+    "hub_repository",
     "local_weights",
     "needed_patterns",
     "pickle_refusal",
@@ -73,6 +77,24 @@ class HubError(ModeldeckError):
     """The Hugging Face hub refused or could not be reached (repository, revision, access, network)."""
 
 
+class NoRepositoryError(WeightsNotFoundError):
+    """The card names no hub repository (source.repo) and no weights folder was given."""
+
+
+def hub_repository(card: Card) -> str:
+    """The card's hub repository (source.repo); NoRepositoryError when it has none.
+
+    A local card may leave source.repo out: its weights come from weights=DIR (or a bundled folder), and only what
+    needs the hub (downloading, a cache lookup) fails, here, saying how to give them."""
+    if card.source.repo is None:
+        raise NoRepositoryError(
+            f"card {card.id} has no source.repo, so its weights cannot come from the Hugging Face hub or its cache; "
+            f"pass {spell('weights', 'DIR')} (a folder with config.json, *.safetensors and the tokenizer files), "
+            "or set source.repo in the card"
+        )
+    return card.source.repo
+
+
 # --- which files, which revision -------------------------------------------------------------------
 
 
@@ -95,7 +117,7 @@ def check_revision(card: Card, revision: str) -> str:
         instead = (
             f"its weights ship in {source.bundled}"
             if source.bundled
-            else f"to use another revision of {source.repo}, list it in the card's source.revisions"
+            else f"to use another revision{_of(source.repo)}, list it in the card's source.revisions"
         )
         raise UnknownRevisionError(
             f"card {card.id} lists no revisions: only its own revision ({own}) can be used, not {revision!r}; "
@@ -106,9 +128,14 @@ def check_revision(card: Card, revision: str) -> str:
     nearest += [r for r in difflib.get_close_matches(revision, listed, n=5, cutoff=0.6) if r not in nearest]
     hint = f"nearest listed: {', '.join(nearest[:5])}" if nearest else f"listed: {', '.join(listed[:8])} ..."
     raise UnknownRevisionError(
-        f"card {card.id} lists no revision {revision!r} of {source.repo} ({hint}); the card lists "
+        f"card {card.id} lists no revision {revision!r}{_of(source.repo)} ({hint}); the card lists "
         f"{len(source.revisions)} revisions, see `modeldeck show {card.id}`"
     )
+
+
+def _of(repo: str | None) -> str:
+    """' of owner/name' naming the repository in a message, or nothing for a card without one."""
+    return f" of {repo}" if repo else ""
 
 
 def _nearest_steps(revision: str, revisions: list[str]) -> list[str]:
@@ -148,9 +175,14 @@ def weights_folder(card: Card, weights: str | os.PathLike[str]) -> Path:
     folder = Path(weights).expanduser().resolve()
     if not folder.is_dir():
         what = "is not a directory" if folder.exists() else "does not exist"
+        fallback = (
+            f", or leave it out to use {card.source.repo} from the Hugging Face hub"
+            if card.source.repo
+            else " (the card has no source.repo: its weights must be given)"
+        )
         raise WeightsNotFoundError(
             f"weights folder {folder} {what}; pass {spell('weights', 'DIR')} naming a folder that holds config.json "
-            f"and the {card.id} checkpoint, or leave it out to use {card.source.repo} from the Hugging Face hub"
+            f"and the {card.id} checkpoint{fallback}"
         )
     return folder
 
@@ -244,16 +276,18 @@ def resolve_weights(
     folder = snapshot(
         card, revision, patterns, local_files_only=False, progress=progress, force_download=force_download
     )
-    return _check_folder(folder, card, allow_pickle, f"{card.source.repo}@{revision} ({folder})")
+    return _check_folder(folder, card, allow_pickle, f"{hub_repository(card)}@{revision} ({folder})")
 
 
 def download_plan(card: Card, revision: str | None = None, allow_pickle: bool = False) -> tuple[str, list[str]]:
     """The revision and the file patterns a hub download of the card asks for; UnknownRevisionError for a revision
-    the card does not list, PickleRefusedError for a pickle-only card without allow_pickle. No hub call."""
+    the card does not list, PickleRefusedError for a pickle-only card without allow_pickle, NoRepositoryError for
+    a card without source.repo. No hub call."""
+    repo = hub_repository(card)
     revision = check_revision(card, revision or card.source.revision)
     if card.source.format == "pytorch" and not allow_pickle:
         raise PickleRefusedError(
-            f"{card.source.repo} (card {card.id}) only ships pickle checkpoints (pytorch_model.bin); "
+            f"{repo} (card {card.id}) only ships pickle checkpoints (pytorch_model.bin); "
             + pickle_refusal(card.id, None, revision)
         )
     return revision, needed_patterns(card, allow_pickle)
@@ -267,8 +301,9 @@ def _hub(card: Card, module: str = "huggingface_hub") -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as error:
+        named = f"card {card.id}" + (f": {card.source.repo}" if card.source.repo else "")
         raise WeightsNotFoundError(
-            f"the Hugging Face hub and its cache (card {card.id}: {card.source.repo}) need huggingface_hub "
+            f"the Hugging Face hub and its cache ({named}) need huggingface_hub "
             f"({error}); install it (pip install huggingface_hub, or the runtime extra: pip install "
             f"'modeldeck[runtime]'), or pass {spell('weights', 'DIR')}"
         ) from error
@@ -293,7 +328,9 @@ def snapshot(
 
     `local_files_only=True` looks in the cache only, with no network, and returns a snapshot the cache knows to be
     incomplete as it is (verification names the missing files); otherwise what is not cached is downloaded (with
-    HF_HUB_OFFLINE=1: the cache only, and an incomplete snapshot is an error)."""
+    HF_HUB_OFFLINE=1: the cache only, and an incomplete snapshot is an error). NoRepositoryError for a card without
+    source.repo."""
+    repo = hub_repository(card)
     hub = _hub(card)
     bars = _hub(card, "huggingface_hub.utils.tqdm")
     silence = not progress and not bars.are_progress_bars_disabled()
@@ -302,7 +339,7 @@ def snapshot(
     try:
         return Path(
             hub.snapshot_download(
-                repo_id=card.source.repo,
+                repo_id=repo,
                 revision=revision,
                 allow_patterns=patterns,
                 local_files_only=local_files_only,
@@ -332,7 +369,8 @@ def _incomplete_snapshot(card: Card, error: Exception) -> Path | None:
 def _hub_error(card: Card, revision: str, error: Exception, local_files_only: bool) -> ModeldeckError | None:
     """What snapshot_download's failure means for the user, and what to do; None for anything else (a bug)."""
     errors, constants = _hub(card, "huggingface_hub.errors"), _hub(card, "huggingface_hub.constants")
-    repo, where, cache = card.source.repo, f"{card.source.repo}@{revision}", constants.HF_HUB_CACHE
+    repo = hub_repository(card)
+    where, cache = f"{repo}@{revision}", constants.HF_HUB_CACHE
     weights, download = spell("weights", "DIR"), f"`modeldeck download {card.id} --revision {revision}`"
     elsewhere = "point HF_HOME/HF_HUB_CACHE at a cache that has it"
     if _incomplete_snapshot(card, error) is not None:
