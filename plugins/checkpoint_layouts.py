@@ -53,7 +53,7 @@ GPT_NEOX = CheckpointLayout(
         "attention_bias": ConfigRule(fields=BOTH_ATTENTION_BIASES),
     },
     implied={"*": {"positions.kind": "rotary", "norm.kind": "layernorm", "bias.mlp": True}},
-    ignored_config=["classifier_dropout", "use_cache", "rotary_emb_base"],
+    ignored_config=["classifier_dropout"],
     ignored=[".attention.rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias"],
 )
 
@@ -78,7 +78,10 @@ _FALCON_CONFIG = {
     "activation": ConfigRule(fields=["mlp"], values=GELU),
 }
 _FALCON_IMPLIED = {"*": {"norm.kind": "layernorm", "multipliers.attention": "inverse_sqrt_head_dim"}}
-_FALCON_IGNORED = ["num_ln_in_parallel_attn", "ffn_hidden_size_none"]
+_FALCON_IGNORED = ["num_ln_in_parallel_attn"]
+_FALCON_UNSUPPORTED = {"apply_residual_connection_post_layernorm": "residuals taken after the LayerNorm"}
+# Falcon's older configs (RW, and the 40B in-library one) leave these out; transformers' defaults then apply.
+_FALCON_DEFAULTS = {"ffn_size": "4 * hidden_size", "context_length": 2048, "mlp": "gelu"}
 _FALCON_EDGES = {
     "embed.weight": "transformer.word_embeddings.weight",
     **with_bias({"final_norm": "transformer.ln_f"}),
@@ -102,7 +105,9 @@ FALCON = CheckpointLayout(
         "new_decoder_architecture": "residual.shared_norm == False",
     },
     implied=_FALCON_IMPLIED,
-    ignored_config=_FALCON_IGNORED,
+    unsupported=_FALCON_UNSUPPORTED,
+    defaults=_FALCON_DEFAULTS,
+    ignored_config=[*_FALCON_IGNORED, "multi_query"],  # the new decoder architecture reads num_kv_heads instead
     ignored=[".rotary_emb.inv_freq"],
 )
 
@@ -122,7 +127,9 @@ FALCON_7B = CheckpointLayout(
         "new_decoder_architecture": "residual.shared_norm == False",
     },
     implied={"*": {**_FALCON_IMPLIED["*"], "residual.shared_norm": True}},
-    ignored_config=_FALCON_IGNORED,
+    unsupported=_FALCON_UNSUPPORTED,
+    defaults=_FALCON_DEFAULTS,
+    ignored_config=[*_FALCON_IGNORED, "num_kv_heads"],  # without the new decoder architecture: multi_query
     ignored=[".rotary_emb.inv_freq"],
 )
 
@@ -250,7 +257,21 @@ BTLM = CheckpointLayout(
         "output_logits_scale": "multipliers.logits",
         "tie_word_embeddings": "tied_embeddings",
     },
-    unsupported={"alibi_scaling": "ALiBi slope scaling for contexts beyond the trained length"},
+    implied={
+        "*": {
+            "norm.kind": "layernorm",
+            "residual.kind": "sequential",
+            "bias.qkv": True,
+            "bias.attention_output": True,
+            "bias.mlp": True,
+        }
+    },
+    unsupported={
+        "alibi_scaling": "ALiBi slope scaling for contexts beyond the trained length",
+        "scale_attn_weights": Unsupported(feature="attention scores without a scale", allowed=[True]),
+        "scale_attn_by_inverse_layer_idx": "attention scores scaled by 1 / layer index",
+    },
+    ignored_config=["reorder_and_upcast_attn", "n_ctx"],
     ignored=[".attn.bias", ".attn.masked_bias"],
 )
 

@@ -92,7 +92,9 @@ GENERIC_CONFIG_KEYS = frozenset(
         "prefix",
         "pruned_heads",
         "layerdrop",
-        "quantization_config_none",
+        "is_decoder",
+        "auto_map",
+        "custom_pipelines",
     }
 )
 """config.json keys that describe training, tooling or token ids (checked from the tokenizer), never the decoder's
@@ -281,7 +283,8 @@ class CheckpointLayout(BaseModel):
     defaults: dict[str, Any] = Field(
         default_factory=dict,
         description="Architecture fields a new card gets when config.json does not state them (BLOOM's context "
-        "length); suggestions for `modeldeck card new`, never checked.",
+        "length; an expression such as '4 * hidden_size' is allowed); suggestions for `modeldeck card new`, never "
+        "checked.",
     )
     ignored_config: list[str] = Field(
         default_factory=list, description="config.json keys of this family that do not change the computation."
@@ -420,7 +423,8 @@ class CheckpointLayout(BaseModel):
             sources[path] = f"model_type {model_type}" if model_type else f"layout {self.name}"
         for path, value in self.defaults.items():
             if path not in fields:
-                fields[path], sources[path] = value, f"layout {self.name}'s default (config.json does not say)"
+                fields[path] = _implied_value(value, fields)
+                sources[path] = f"layout {self.name}'s default (config.json does not say)"
         for key, unsupported in self.unsupported_rules().items():
             stored = _lookup(config, key)
             if stored is not _ABSENT and not any(

@@ -9,6 +9,7 @@
     weights     download, verify, convert
     memory      memory
     serve       serve
+    new         card new (a starting card from a local checkpoint folder)
 
 The only registry code that imports the runtime (and torch), inside the commands that run a model (and convert).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import click
 
-from modeldeck.registry.cli import cards, checkpoint, memory, run, serve, weights
+from modeldeck.registry.cli import cards, checkpoint, memory, new, run, serve, weights
 
 __all__ = ["main"]
 
@@ -28,6 +29,6 @@ def main() -> None:
     """modeldeck: model cards as validated data, contributed by plugins, run by one generic decoder."""
 
 
-for _module in (cards, run, checkpoint, weights, memory, serve):
+for _module in (cards, new, run, checkpoint, weights, memory, serve):
     for _command in _module.COMMANDS:
         main.add_command(_command)
