@@ -89,7 +89,10 @@ def test_hidden_not_divisible_by_heads(tmp_path, card_data):
             {"residual": {"kind": "sequential", "shared_norm": True}},
             "shared_norm is only possible with a parallel residual",
         ),
-        ({"positions": {"kind": "sinusoidal"}}, "does not match any of the expected tags: 'rotary', 'alibi', 'learned'"),
+        (
+            {"positions": {"kind": "sinusoidal"}},
+            "does not match any of the expected tags: 'rotary', 'alibi', 'learned'",
+        ),
     ],
 )
 def test_cross_field_rules(card_data, change, message):
