@@ -79,7 +79,7 @@ _FALCON_CONFIG = {
 }
 _FALCON_IMPLIED = {"*": {"norm.kind": "layernorm", "multipliers.attention": "inverse_sqrt_head_dim"}}
 _FALCON_IGNORED = ["num_ln_in_parallel_attn"]
-_FALCON_UNSUPPORTED = {"apply_residual_connection_post_layernorm": "residuals taken after the LayerNorm"}
+_FALCON_UNSUPPORTED: dict[str, str | Unsupported] = {"apply_residual_connection_post_layernorm": "residuals taken after the LayerNorm"}
 # Falcon's older configs (RW, and the 40B in-library one) leave these out; transformers' defaults then apply.
 _FALCON_DEFAULTS = {"ffn_size": "4 * hidden_size", "context_length": 2048, "mlp": "gelu"}
 _FALCON_EDGES = {

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -352,32 +353,20 @@ class CheckpointLayout(BaseModel):
             )
         return json.loads(mapped.pop()), None
 
-    def config_mismatches(self, arch: Architecture, config: dict[str, Any]) -> list[ConfigMismatch]:
-        """Where a checkpoint's config.json disagrees with the card's architecture."""
-        model_type = config.get("model_type") if isinstance(config.get("model_type"), str) else None
-        found = []
+    def _stated(
+        self, config: dict[str, Any], known: dict[str, Any] | Architecture, model_type: str | None
+    ) -> Iterator[tuple[str, ConfigRule, Any, ConfigMismatch | None]]:
+        """Each rule that applies to this config: its key, the rule, the card value the stored value stands for, or
+        the problem when it stands for none (`known`: the card's fields, for expressions)."""
         for key, rule in self.rules().items():
             stored = _lookup(config, key)
-            if stored is _ABSENT or not self._applies(rule, config):
-                continue
-            expected, problem = self._mapped(key, rule, stored, model_type, arch)
-            if problem is not None:
-                found.append(problem)
-                continue
-            for text, wanted in zip(rule.fields, _per_field(rule, expected), strict=True):
-                condition = _Condition.parse(text)
-                card_value = condition.holds(arch)
-                if not _same(card_value, wanted):
-                    shown = _field(arch, condition.path)
-                    found.append(ConfigMismatch(key, f"architecture.{condition.path}", shown, stored, rule.describe()))
-        for path, value in self.implied_for(model_type).items():
-            card_value, wanted = _field(arch, path), _implied_value(value, arch)
-            if not _same(card_value, wanted):
-                found.append(
-                    ConfigMismatch(
-                        "model_type", f"architecture.{path}", card_value, model_type, f"{path} = {wanted!r} (implied)"
-                    )
-                )
+            if stored is not _ABSENT and self._applies(rule, config):
+                value, problem = self._mapped(key, rule, stored, model_type, known)
+                yield key, rule, value, problem
+
+    def _switched_on(self, config: dict[str, Any]) -> list[ConfigMismatch]:
+        """The keys whose values switch on something the decoder cannot run."""
+        found = []
         for key, unsupported in self.unsupported_rules().items():
             stored = _lookup(config, key)
             if stored is not _ABSENT and not any(
@@ -390,6 +379,33 @@ class CheckpointLayout(BaseModel):
                 )
         return found
 
+    def config_mismatches(self, arch: Architecture, config: dict[str, Any]) -> list[ConfigMismatch]:
+        """Where a checkpoint's config.json disagrees with the card's architecture."""
+        model_type = config.get("model_type") if isinstance(config.get("model_type"), str) else None
+        found = []
+        for key, rule, expected, problem in self._stated(config, arch, model_type):
+            if problem is not None:
+                found.append(problem)
+                continue
+            for text, wanted in zip(rule.fields, _per_field(rule, expected), strict=True):
+                condition = _Condition.parse(text)
+                if not _same(condition.holds(arch), wanted):
+                    shown = _field(arch, condition.path)
+                    found.append(
+                        ConfigMismatch(
+                            key, f"architecture.{condition.path}", shown, _lookup(config, key), rule.describe()
+                        )
+                    )
+        for path, value in self.implied_for(model_type).items():
+            card_value, wanted = _field(arch, path), _implied_value(value, arch)
+            if not _same(card_value, wanted):
+                found.append(
+                    ConfigMismatch(
+                        "model_type", f"architecture.{path}", card_value, model_type, f"{path} = {wanted!r} (implied)"
+                    )
+                )
+        return found + self._switched_on(config)
+
     def architecture_from_config(self, config: dict[str, Any]) -> FromConfig:
         """The card architecture fields this config.json states (dotted paths), read through the same rules that
         check it, in reverse; the implied fields of its model_type; what cannot be expressed; the unread keys."""
@@ -397,15 +413,7 @@ class CheckpointLayout(BaseModel):
         fields: dict[str, Any] = {}
         sources: dict[str, str] = {}
         problems: list[ConfigMismatch] = []
-        read = {*GENERIC_CONFIG_KEYS, *self.ignored_config, *self.unsupported}
-        for key, rule in self.rules().items():
-            read.update(part.strip().split(".")[0] for part in key.split(" * "))
-            if rule.when:
-                read.add(rule.when)
-            stored = _lookup(config, key)
-            if stored is _ABSENT or not self._applies(rule, config):
-                continue
-            value, problem = self._mapped(key, rule, stored, model_type, fields)
+        for key, rule, value, problem in self._stated(config, fields, model_type):
             if problem is not None:
                 problems.append(problem)
                 continue
@@ -425,23 +433,17 @@ class CheckpointLayout(BaseModel):
             if path not in fields:
                 fields[path] = _implied_value(value, fields)
                 sources[path] = f"layout {self.name}'s default (config.json does not say)"
-        for key, unsupported in self.unsupported_rules().items():
-            stored = _lookup(config, key)
-            if stored is not _ABSENT and not any(
-                _same(stored, ok) and type(stored) is type(ok) for ok in unsupported.allowed
-            ):
-                problems.append(
-                    ConfigMismatch(
-                        key, "(unsupported)", None, stored, f"{unsupported.feature}, which modeldeck does not implement"
-                    )
-                )
+        read = {*GENERIC_CONFIG_KEYS, *self.ignored_config, *self.unsupported}
+        for key, rule in self.rules().items():
+            read.update(part.strip().split(".")[0] for part in key.split(" * "))
+            read.update([rule.when] if rule.when else [])
         unread = sorted(
             k for k in config if k not in read and not k.endswith(("dropout", "pdrop")) and k != "rope_parameters"
         )
         rope = config.get("rope_parameters")
         if isinstance(rope, dict):
             unread += sorted(f"rope_parameters.{k}" for k in rope if f"rope_parameters.{k}" not in self.rules())
-        return FromConfig(fields, sources, problems, unread)
+        return FromConfig(fields, sources, problems + self._switched_on(config), unread)
 
     def checkpoint_name(self, decoder_name: str, block: int | None = None) -> str:
         template = self.tensors[decoder_name]

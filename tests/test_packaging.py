@@ -93,8 +93,9 @@ def _run(*cmd: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@pytest.mark.slow
-def test_example_plugin_installs_into_a_fresh_venv_and_uninstalls(tmp_path):
+def install_in_a_fresh_venv(tmp_path: Path, plugin: Path, distribution: str) -> Path:
+    """Wheels of modeldeck (from a copy of this clone) and of the plugin project at `plugin` (a path inside the
+    clone is taken from the copy), installed with no network into a new venv; returns the venv."""
     wheelhouse = _wheelhouse()
     source = tmp_path / "src"
     shutil.copytree(
@@ -104,17 +105,18 @@ def test_example_plugin_installs_into_a_fresh_venv_and_uninstalls(tmp_path):
             ".venv", ".git", "build", "dist", ".wheelhouse", "tests", "*.egg-info", "*cache*"
         ),
     )
+    if plugin.is_relative_to(REPO):
+        plugin = source / plugin.relative_to(REPO)
     dist = tmp_path / "dist"
     pip = (sys.executable, "-m", "pip")
-    for project in (source, source / "examples" / "modeldeck-plugin-example"):
+    for project in (source, plugin):
         _run(*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, project)
-
     venv = tmp_path / "fresh"
     _run(sys.executable, "-m", "venv", "--without-pip", venv)
-    python, modeldeck = venv / "bin" / "python", venv / "bin" / "modeldeck"
-    target = (*pip, "--python", python)
     _run(
-        *target,
+        *pip,
+        "--python",
+        venv / "bin" / "python",
         "install",
         "-q",
         "--no-index",
@@ -122,8 +124,17 @@ def test_example_plugin_installs_into_a_fresh_venv_and_uninstalls(tmp_path):
         dist,
         "--find-links",
         wheelhouse,
-        "modeldeck-plugin-example",
+        distribution,
     )
+    return venv
+
+
+@pytest.mark.slow
+def test_example_plugin_installs_into_a_fresh_venv_and_uninstalls(tmp_path):
+    example = REPO / "examples" / "modeldeck-plugin-example"
+    venv = install_in_a_fresh_venv(tmp_path, example, "modeldeck-plugin-example")
+    python, modeldeck = venv / "bin" / "python", venv / "bin" / "modeldeck"
+    target = (sys.executable, "-m", "pip", "--python", python)
 
     listed = {c["id"]: c for c in json.loads(_run(modeldeck, "list", "--json").stdout)}
     assert set(listed) == SEEDS | {"smollm-135m"}

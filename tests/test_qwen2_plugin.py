@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from .conftest import CARDS, REPO
-from .test_packaging import _run, _wheelhouse
+from .conftest import CARDS
+from .test_packaging import _run, install_in_a_fresh_venv
 
 QWEN2_0_5B = """\
 schema_version: 1
@@ -163,36 +162,8 @@ def _tiny_qwen2_checkpoint(directory: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_a_qwen2_plugin_installs_lists_validates_and_generates_in_a_fresh_venv(tmp_path):
-    wheelhouse = _wheelhouse()
-    source = tmp_path / "src"
-    shutil.copytree(
-        REPO,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".venv", ".git", "build", "dist", ".wheelhouse", "tests", "*.egg-info", "*cache*"
-        ),
-    )
-    dist = tmp_path / "dist"
-    pip = (sys.executable, "-m", "pip")
-    for project in (source, _plugin_source(tmp_path / "plugin")):
-        _run(*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, project)
-
-    venv = tmp_path / "fresh"
-    _run(sys.executable, "-m", "venv", "--without-pip", venv)
+    venv = install_in_a_fresh_venv(tmp_path, _plugin_source(tmp_path / "plugin"), "modeldeck-qwen2")
     python, modeldeck = venv / "bin" / "python", venv / "bin" / "modeldeck"
-    _run(
-        *pip,
-        "--python",
-        python,
-        "install",
-        "-q",
-        "--no-index",
-        "--find-links",
-        dist,
-        "--find-links",
-        wheelhouse,
-        "modeldeck-qwen2",
-    )
     # The runtime's heavy dependencies (torch, safetensors, tokenizers) come from this environment, after the fresh
     # one's own packages: modeldeck and the plugin are the fresh venv's.
     fresh_site = next((venv / "lib").glob("python*/site-packages"))
