@@ -4,13 +4,12 @@ each config.json key relates to a card (registry/layouts.py explains the rules).
 Facts from the public model definitions (transformers' modules for each model_type; Cerebras' BTLM). The runtime
 maps only the tensors a card's architecture has (e.g. no biases for Falcon-40B), so one layout serves every
 model_type that names its tensors alike (`LLAMA`: Llama, Mistral, Qwen2, Qwen3, Gemma, StableLM). The GPT-2
-lineage (GPT-2, GPT-J, OPT, BLOOM, Phi, StarCoder2) lives in gpt_style_layouts.py; this module registers all.
+lineage (GPT-2, GPT-J, OPT, BLOOM, Phi, StarCoder2) is the gpt_style_layouts plugin.
 """
 
 from collections.abc import Callable
 
-from modeldeck.plugins.gpt_style_layouts import BLOOM, GPT2, GPTJ, OPT, PHI, STARCODER2
-from modeldeck.plugins.layout_parts import BOTH_ATTENTION_BIASES, COMMON_CONFIG, GATED, GELU, block, with_bias
+from modeldeck.plugins._layout_parts import BOTH_ATTENTION_BIASES, COMMON_CONFIG, GATED, GELU, block, with_bias
 from modeldeck.registry.hookspecs import hookimpl
 from modeldeck.registry.layouts import CheckpointLayout, ConfigRule, Unsupported
 
@@ -79,7 +78,9 @@ _FALCON_CONFIG = {
 }
 _FALCON_IMPLIED = {"*": {"norm.kind": "layernorm", "multipliers.attention": "inverse_sqrt_head_dim"}}
 _FALCON_IGNORED = ["num_ln_in_parallel_attn"]
-_FALCON_UNSUPPORTED: dict[str, str | Unsupported] = {"apply_residual_connection_post_layernorm": "residuals taken after the LayerNorm"}
+_FALCON_UNSUPPORTED: dict[str, str | Unsupported] = {
+    "apply_residual_connection_post_layernorm": "residuals taken after the LayerNorm"
+}
 # Falcon's older configs (RW, and the 40B in-library one) leave these out; transformers' defaults then apply.
 _FALCON_DEFAULTS = {"ffn_size": "4 * hidden_size", "context_length": 2048, "mlp": "gelu"}
 _FALCON_EDGES = {
@@ -275,7 +276,7 @@ BTLM = CheckpointLayout(
     ignored=[".attn.bias", ".attn.masked_bias"],
 )
 
-LAYOUTS = (GPT_NEOX, FALCON, FALCON_7B, LLAMA, BTLM, GPT2, GPTJ, OPT, BLOOM, PHI, STARCODER2)
+LAYOUTS = (GPT_NEOX, FALCON, FALCON_7B, LLAMA, BTLM)
 
 
 @hookimpl

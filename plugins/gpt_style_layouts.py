@@ -3,13 +3,16 @@
 Facts from transformers' modules for each model_type (registry/layouts.py explains the rule tables).
 """
 
-from modeldeck.plugins.layout_parts import (
+from collections.abc import Callable
+
+from modeldeck.plugins._layout_parts import (
     ALL_BIASES,
     COMMON_CONFIG,
     GELU,
     block,
     with_bias,
 )
+from modeldeck.registry.hookspecs import hookimpl
 from modeldeck.registry.layouts import CheckpointLayout, ConfigRule, Unsupported
 
 _GPT2_LINEAR = {"attn.qkv": "attn.c_attn", "attn.out": "attn.c_proj", "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
@@ -304,3 +307,12 @@ STARCODER2 = CheckpointLayout(
         }
     },
 )
+
+
+LAYOUTS = (GPT2, GPTJ, OPT, BLOOM, PHI, STARCODER2)
+
+
+@hookimpl
+def register_checkpoint_layouts(register: Callable[[CheckpointLayout], None]) -> None:
+    for layout in LAYOUTS:
+        register(layout)

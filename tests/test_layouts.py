@@ -9,14 +9,14 @@ import pytest
 from pydantic import ValidationError
 
 from modeldeck import registry
-from modeldeck.plugins.checkpoint_layouts import LAYOUTS
+from modeldeck.plugins import checkpoint_layouts, gpt_style_layouts
 from modeldeck.registry.cardfile import CardError
 from modeldeck.registry.layouts import CheckpointLayout, ConfigRule, Unsupported
 from modeldeck.registry.schema import Architecture
 
 from .conftest import REFERENCE, first_party_card_data
 
-LAYOUT = {layout.name: layout for layout in LAYOUTS}
+LAYOUT = {layout.name: layout for layout in (*checkpoint_layouts.LAYOUTS, *gpt_style_layouts.LAYOUTS)}
 
 
 def qwen2_architecture(**changes) -> Architecture:

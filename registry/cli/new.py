@@ -1,4 +1,4 @@
-"""Writing cards: `modeldeck card new --from DIR` (registry/cardgen.py). No torch, no weights read."""
+"""Writing cards: `modeldeck card new --from DIR` (registry/cardgen/). No torch, no weights read."""
 
 from __future__ import annotations
 
