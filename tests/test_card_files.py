@@ -5,6 +5,7 @@ any weight is read, by `runtime.load`. The bundled demo model (cards/tiny-neox) 
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 import pytest
@@ -175,9 +176,10 @@ def test_runtime_load_refuses_a_wrong_eos_before_reading_weights(wrong_eos: Path
     monkeypatch.setattr(engine, "load_decoder", must_not_run)
     with pytest.raises(CardError) as info:
         runtime.load(wrong_eos, device="cpu")  # the bundled weights: the file keeps source.bundled
+    bundled = Path(str(importlib.resources.files("modeldeck.cards") / "tiny-neox"))  # where it is installed
     assert str(info.value) == (
         f"{wrong_eos}: tokenizer: error: special token '<|endoftext|>' is id 0 in the tokenizer, the card says 7 "
-        f"(tokenizer {WEIGHTS.resolve() / 'tokenizer.json'})\n"
+        f"(tokenizer {bundled / 'tokenizer.json'})\n"
         "    -> set the id of tokenizer.eos to 0, or give the tokenizer this card is for"
     )
     [diagnostic] = info.value.diagnostics
