@@ -21,8 +21,6 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     NonNegativeInt,
@@ -31,6 +29,23 @@ from pydantic import (
     Tag,
     field_validator,
     model_validator,
+)
+
+from modeldeck.registry.architecture import (  # the architecture section, re-exported
+    ID_PATTERN,
+    MLP_KINDS,
+    AlibiPositions,
+    Architecture,
+    Bias,
+    DynamicRopeScaling,
+    LearnedPositions,
+    LinearRopeScaling,
+    Llama3RopeScaling,
+    Multipliers,
+    Norm,
+    Residual,
+    RotaryPositions,
+    Strict,
 )
 
 __all__ = [
@@ -64,26 +79,21 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 # An SPDX license expression ("Apache-2.0", "MIT OR Apache-2.0"), or NOASSERTION when the upstream
 # card states none. Checked for shape, not against the full SPDX list.
 _SPDX_PATTERN = re.compile(r"^[A-Za-z0-9.+-]+( (AND|OR|WITH) [A-Za-z0-9.+-]+)*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # --- identity & source -----------------------------------------------------------------------------
 
 
-class Links(_Strict):
+class Links(Strict):
     homepage: str | None = None
     repository: str | None = None
     paper: str | None = None
 
 
-class PinnedFile(_Strict):
+class PinnedFile(Strict):
     """A file of the weights repository with its expected content, for offline verification."""
 
     path: str = Field(description="Path inside the checkpoint folder, with / separators (e.g. model.safetensors).")
@@ -102,7 +112,7 @@ class PinnedFile(_Strict):
         return value
 
 
-class Source(_Strict):
+class Source(Strict):
     repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")] | None = Field(
         default=None,
         description="Hugging Face hub repository, owner/name. May be left out by a card whose weights are bundled "
@@ -143,7 +153,7 @@ class Source(_Strict):
         return self
 
 
-class ParameterCount(_Strict):
+class ParameterCount(Strict):
     """What the upstream card states; the registry computes the architecture's count and compares."""
 
     stated: PositiveInt | None = Field(default=None, description="Total parameters as the upstream card states them.")
@@ -163,260 +173,22 @@ class ParameterCount(_Strict):
         return self
 
 
-# --- architecture --------------------------------------------------------------------------------
-
-
-class LinearRopeScaling(_Strict):
-    """Positions divided by `factor` before rotation (transformers' rope_type "linear")."""
-
-    kind: Literal["linear"] = "linear"
-    factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
-
-
-class DynamicRopeScaling(_Strict):
-    """Dynamic NTK (transformers' rope_type "dynamic"): while a forward pass reaches position L beyond
-    `original_context_length`, the base grows to base * (factor * L / original - (factor - 1)) ** (dims / (dims - 2))."""
-
-    kind: Literal["dynamic"] = "dynamic"
-    factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
-    original_context_length: PositiveInt
-
-
-class Llama3RopeScaling(_Strict):
-    """Llama 3.1's frequency scaling (rope_type "llama3"): wavelengths longer than original / low_freq_factor are
-    divided by `factor`, those shorter than original / high_freq_factor kept, the ones between interpolated."""
-
-    kind: Literal["llama3"] = "llama3"
-    factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
-    low_freq_factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
-    high_freq_factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
-    original_context_length: PositiveInt
-
-    @model_validator(mode="after")
-    def _factors_are_ordered(self) -> Llama3RopeScaling:
-        if self.high_freq_factor <= self.low_freq_factor:
-            raise ValueError(
-                f"high_freq_factor {self.high_freq_factor} must exceed low_freq_factor {self.low_freq_factor}"
-            )
-        return self
-
-
-RopeScaling = Annotated[LinearRopeScaling | DynamicRopeScaling | Llama3RopeScaling, Field(discriminator="kind")]
-
-
-class RotaryPositions(_Strict):
-    """Rotary embeddings on the first `fraction` of each head's dims.
-
-    rotation half_split (GPT-NeoX, Llama, ...): the rotated dims' halves [a | b] pair up, a_j with b_j;
-    interleaved (GPT-J): neighbours pair up, x_2j with x_2j+1."""
-
-    kind: Literal["rotary"] = "rotary"
-    fraction: float = Field(default=1.0, description="Share of each head's dimensions that rotate, in (0, 1].")
-    base: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 10000.0
-    rotation: Literal["half_split", "interleaved"] = Field(
-        default="half_split", description="Which dims pair up: halves (GPT-NeoX, Llama) or neighbours (GPT-J)."
-    )
-    scaling: RopeScaling | None = Field(default=None, description="Frequency scaling for long contexts.")
-
-    @field_validator("fraction")
-    @classmethod
-    def _fraction_in_range(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"rotary fraction must be in (0, 1], got {value}")
-        return value
-
-
-class AlibiPositions(_Strict):
-    """Attention with linear biases: bias[h, i, j] = -slope_h * (i - j), standard slopes."""
-
-    kind: Literal["alibi"] = "alibi"
-
-
-class LearnedPositions(_Strict):
-    """A learned position embedding added to the token embedding (GPT-2, OPT): position p reads row p + offset
-    of a table with context_length + offset rows (OPT keeps two unused rows first: offset 2)."""
-
-    kind: Literal["learned"] = "learned"
-    offset: NonNegativeInt = 0
-
-
-Positions = Annotated[RotaryPositions | AlibiPositions | LearnedPositions, Field(discriminator="kind")]
-
-
-class Norm(_Strict):
-    """The block, final (and embedding or q/k) norms: LayerNorm with or without a bias, or RMSNorm, whose weight
-    scales as stored or, with `unit_offset` (Gemma), as 1 + weight."""
-
-    kind: Literal["layernorm", "rmsnorm"]
-    eps: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-5
-    bias: bool = Field(default=True, description="LayerNorm has a bias (ignored for rmsnorm, which has none).")
-    unit_offset: bool = Field(default=False, description="RMSNorm multiplies by (1 + weight) (Gemma).")
-
-    @model_validator(mode="after")
-    def _offset_needs_rmsnorm(self) -> Norm:
-        if self.unit_offset and self.kind != "rmsnorm":
-            raise ValueError("unit_offset (a (1 + weight) scale) is an RMSNorm convention; use it with kind: rmsnorm")
-        return self
-
-
-class Residual(_Strict):
-    """How a block adds attention and MLP to the residual stream.
-
-    sequential:                      parallel (shared_norm=false):      parallel (shared_norm=true):
-      x = x + attn(norm1(x))           x = x + attn(norm1(x))             h = norm(x)
-      x = x + mlp(norm2(x))                  + mlp(norm2(x))              x = x + attn(h) + mlp(h)
-    """
-
-    kind: Literal["parallel", "sequential"]
-    shared_norm: bool = Field(default=False, description="Attention and MLP read one norm (parallel only).")
-
-    @model_validator(mode="after")
-    def _shared_norm_needs_parallel(self) -> Residual:
-        if self.shared_norm and self.kind != "parallel":
-            raise ValueError(
-                "shared_norm is only possible with a parallel residual; set kind: parallel or drop shared_norm"
-            )
-        return self
-
-
-class Bias(_Strict):
-    qkv: bool = False
-    attention_output: bool = False
-    mlp: bool = False
-    lm_head: bool = False
-
-
-class Multipliers(_Strict):
-    """Scalar multipliers (muP): the defaults are those of a standard transformer."""
-
-    embedding: PositiveFloat = Field(default=1.0, description="Token embeddings are multiplied by this.")
-    attention: Literal["inverse_sqrt_head_dim", "inverse_head_dim"] = Field(
-        default="inverse_sqrt_head_dim",
-        description="Attention scores q·k are scaled by 1/sqrt(head_dim) or 1/head_dim.",
-    )
-    logits: PositiveFloat = Field(default=1.0, description="Output logits are multiplied by this.")
-
-
-MLP_KINDS: dict[str, str] = {
-    "gelu": "down(gelu(up(x))), exact erf GELU",
-    "gelu_tanh": "down(gelu(up(x))), GELU's tanh approximation (gelu_new, gelu_pytorch_tanh)",
-    "relu": "down(relu(up(x)))",
-    "swiglu": "down(silu(gate(x)) * up(x))",
-    "geglu": "down(gelu(gate(x)) * up(x)), exact erf GELU",
-    "geglu_tanh": "down(gelu(gate(x)) * up(x)), tanh approximation (Gemma)",
-}
-"""The MLPs the decoder runs; the gated ones (with a gate projection) are GATED_MLPS."""
-GATED_MLPS = frozenset({"swiglu", "geglu", "geglu_tanh"})
-
-
-class Architecture(_Strict):
-    family: str = Field(description="Human-readable model family, e.g. GPT-NeoX, Llama.")
-    checkpoint_layout: Annotated[str, Field(pattern=_ID_PATTERN)] = Field(
-        description="Name of the registered checkpoint layout the weights use (gpt-neox, falcon, llama, btlm, ...)."
-    )
-    layers: PositiveInt
-    hidden_size: PositiveInt
-    heads: PositiveInt
-    kv_heads: PositiveInt = Field(description="Key/value heads: = heads for MHA, fewer for GQA, 1 for MQA.")
-    head_dim: PositiveInt = Field(
-        default=None,  # type: ignore[assignment]  # filled in before validation; None only until checked
-        description="Dimensions of each attention head; hidden_size / heads when left out (Gemma sets its own).",
-    )
-    ffn_size: PositiveInt = Field(description="Inner size of the MLP (per branch for gated MLPs).")
-    vocab_size: PositiveInt = Field(description="Rows of the embedding matrix (may exceed the tokenizer's vocabulary).")
-    context_length: PositiveInt
-    positions: Positions
-    norm: Norm
-    embedding_norm: bool = Field(default=False, description="A norm (of `norm`'s kind) on the embeddings (BLOOM).")
-    qk_norm: bool = Field(
-        default=False,
-        description="Queries and keys are normalized over each head's dims before rotary, one weight shared by the "
-        "heads (Qwen3).",
-    )
-    mlp: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh"] = Field(
-        description="; ".join(f"{k}: {v}" for k, v in MLP_KINDS.items())
-    )
-    residual: Residual
-    sliding_window: PositiveInt | None = Field(
-        default=None,
-        description="Each query sees itself and the sliding_window - 1 tokens before it (Mistral); none: all before.",
-    )
-    bias: Bias = Field(default_factory=Bias)
-    tied_embeddings: bool
-    multipliers: Multipliers = Field(default_factory=Multipliers)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _head_dim_defaults_to_an_even_split(cls, data: object) -> object:
-        if isinstance(data, dict) and data.get("head_dim") is None:
-            hidden, heads = data.get("hidden_size"), data.get("heads")
-            if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and not hidden % heads:
-                data = {**data, "head_dim": hidden // heads}  # otherwise left None, for the check below
-        return data
-
-    @property
-    def gated_mlp(self) -> bool:
-        """The MLP has a gate projection (swiglu, geglu, geglu_tanh)."""
-        return self.mlp in GATED_MLPS
-
-    @property
-    def unscaled_context_length(self) -> int:
-        """The context a checkpoint's config states (max_position_embeddings): under dynamic NTK scaling the
-        original one, which the scaling stretches to context_length; otherwise context_length itself."""
-        if isinstance(self.positions, RotaryPositions) and isinstance(self.positions.scaling, DynamicRopeScaling):
-            return self.positions.scaling.original_context_length
-        return self.context_length
-
-    @property
-    def rotary_dims(self) -> int:
-        """Dimensions of each head that rotate (0 without rotary positions)."""
-        if isinstance(self.positions, RotaryPositions):
-            return int(self.positions.fraction * self.head_dim)
-        return 0
-
-    @model_validator(mode="after")
-    def _shapes_are_consistent(self) -> Architecture:
-        if self.head_dim is None:
-            raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}; each head gets hidden_size / "
-                "heads dimensions unless head_dim says otherwise, so pick values that divide or set head_dim"
-            )
-        if self.heads % self.kv_heads:
-            raise ValueError(
-                f"heads {self.heads} is not divisible by kv_heads {self.kv_heads}; "
-                "each key/value head must serve a whole number of query heads"
-            )
-        if isinstance(self.positions, RotaryPositions):
-            exact = self.positions.fraction * self.head_dim
-            if exact != int(exact) or int(exact) % 2:
-                raise ValueError(
-                    f"rotary fraction {self.positions.fraction} of head_dim {self.head_dim} gives {exact:g} dimensions; "
-                    "rotary needs a whole, even number of dimensions"
-                )
-        if self.sliding_window is not None and self.sliding_window > self.context_length:
-            raise ValueError(
-                f"sliding_window {self.sliding_window} exceeds context_length {self.context_length}, so it "
-                "never limits attention; drop sliding_window (or fix context_length)"
-            )
-        return self
-
-
 # --- tokenizer -----------------------------------------------------------------------------------
 
 
-class TokenSpec(_Strict):
+class TokenSpec(Strict):
     text: Annotated[str, Field(min_length=1)]
     id: NonNegativeInt
 
 
-class Marker(_Strict):
+class Marker(Strict):
     """A string the prompt format relies on, and whether the tokenizer treats it as one special token."""
 
     text: Annotated[str, Field(min_length=1)]
     special: bool = Field(description="True: one special token. False: tokenized as ordinary text.")
 
 
-class Tokenizer(_Strict):
+class Tokenizer(Strict):
     kind: Literal["tokenizers", "sentencepiece", "gpt2-bpe"] = Field(
         description="tokenizers: a tokenizer.json; sentencepiece: a tokenizer.model; gpt2-bpe: vocab.json + merges.txt."
     )
@@ -459,14 +231,14 @@ class Tokenizer(_Strict):
 # --- prompt format -------------------------------------------------------------------------------
 
 
-class Turn(_Strict):
+class Turn(Strict):
     """Text around one message: prefix + content + suffix."""
 
     prefix: str = ""
     suffix: str = ""
 
 
-class SystemPrompt(_Strict):
+class SystemPrompt(Strict):
     supported: bool = False
     turn: Turn = Field(default_factory=Turn, description="Text around the system prompt when supported.")
     when_unsupported: Literal["error", "prepend_to_first_user"] = Field(
@@ -477,7 +249,7 @@ class SystemPrompt(_Strict):
     separator: str = "\n\n"
 
 
-class PromptFormat(_Strict):
+class PromptFormat(Strict):
     """A declarative prompt format: no code and no templates, so it can be checked and exported.
 
     A conversation renders as::
@@ -485,7 +257,7 @@ class PromptFormat(_Strict):
         begin + [system.turn around the system prompt] + (user turn + assistant turn)* + user turn + answer_prefix
     """
 
-    name: Annotated[str, Field(pattern=_ID_PATTERN)]
+    name: Annotated[str, Field(pattern=ID_PATTERN)]
     description: str | None = None
     begin: str = Field(default="", description="Text at the very start of the prompt.")
     system: SystemPrompt = Field(default_factory=SystemPrompt)
@@ -509,7 +281,7 @@ class PromptFormat(_Strict):
 # --- generation & evaluation ---------------------------------------------------------------------
 
 
-class GenerationDefaults(_Strict):
+class GenerationDefaults(Strict):
     """Defaults for generate(); names and meanings are Hugging Face's."""
 
     max_new_tokens: PositiveInt = 256
@@ -537,7 +309,7 @@ class GenerationDefaults(_Strict):
         return self
 
 
-class EvalResult(_Strict):
+class EvalResult(Strict):
     task: str
     metric: str
     value: float
@@ -550,9 +322,9 @@ class EvalResult(_Strict):
 # --- the card ------------------------------------------------------------------------------------
 
 
-class Card(_Strict):
+class Card(Strict):
     schema_version: Literal[1] = Field(description="Version of this schema the card is written for.")
-    id: Annotated[str, Field(pattern=_ID_PATTERN, description="Unique, lowercase: a-z, 0-9, '.', '_', '-'.")]
+    id: Annotated[str, Field(pattern=ID_PATTERN, description="Unique, lowercase: a-z, 0-9, '.', '_', '-'.")]
     name: str = Field(description="Display name.")
     aliases: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     publisher: str
@@ -566,7 +338,7 @@ class Card(_Strict):
     architecture: Architecture
     tokenizer: Tokenizer
     prompt_format: Annotated[
-        Annotated[PromptFormat, Tag("inline")] | Annotated[str, Tag("name"), Field(pattern=_ID_PATTERN)],
+        Annotated[PromptFormat, Tag("inline")] | Annotated[str, Tag("name"), Field(pattern=ID_PATTERN)],
         Discriminator(lambda v: "name" if isinstance(v, str) else "inline"),
     ] = Field(description="An inline prompt format, or the name of a registered one (e.g. plain).")
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
