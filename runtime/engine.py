@@ -30,6 +30,7 @@ from modeldeck.runtime.graphs import check_graphs
 from modeldeck.runtime.kernels import check_quantize
 from modeldeck.runtime.loading import load_decoder
 from modeldeck.runtime.model import Decoder
+from modeldeck.runtime.scoring import RollingScore, Score, TokenLogprobs, rolling_windows, score_pairs, score_rows
 from modeldeck.runtime.text import TextStream
 from modeldeck.runtime.tokenizer import TextTokenizer, load_tokenizer, require_card_match
 
@@ -143,6 +144,101 @@ class Model:
         for _ in generate(self.decoder, [sequence], self.backend, self.tokenizer.pad_id, self.cuda_graphs):
             if sequence.delta:
                 yield sequence.delta
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def logprobs(self, text: str | list[int], top_k: int = 0) -> TokenLogprobs:
+        """Each token's log-probability given the tokens before it (the first has none), from the raw logits;
+        `top_k` > 0 adds the k most likely tokens at each position. `text` is encoded as plain text (no prompt
+        format, no special tokens), or given as token ids; it must fit the context."""
+        ids = self._scoring_ids(text, "text")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise GenerationError(f"top_k must be a whole number >= 0, got {top_k!r}", "top_k")
+        if len(ids) > self.card.architecture.context_length:
+            raise GenerationError(
+                f"the text is {len(ids):,} tokens and card {self.card.id!r} has a {self.card.architecture.context_length:,}"
+                "-token context: score it with loglikelihood_rolling, which works window by window",
+                "text",
+                "context_length_exceeded",
+            )
+        [row] = score_rows(self.decoder, self.backend, [ids], top_k)
+        texts = [self.tokenizer.decode([i]) for i in ids]
+        top: list[list[tuple[str, float]]] | None = None
+        if top_k:
+            top = [[]] + [[(self.tokenizer.decode([i]), lp) for i, lp in position] for position in row.top]
+        return TokenLogprobs(ids, texts, [None, *row.logprobs], top)
+
+    @overload
+    def score(self, context: str | list[int], continuation: str | list[int]) -> Score: ...
+
+    @overload
+    def score(self, context: list[tuple[str, str]], continuation: None = None) -> list[Score]: ...
+
+    def score(
+        self, context: str | list[int] | list[tuple[str, str]], continuation: str | list[int] | None = None
+    ) -> Score | list[Score]:
+        """The continuation's total log-probability given the context, and whether it is the greedy continuation
+        (lm-eval's loglikelihood); a list of (context, continuation) pairs is scored in batches. Strings are encoded
+        as lm-eval does: the context's trailing spaces move to the continuation, the pair is encoded whole and the
+        continuation is what follows the context's own tokens. A context longer than the window is cut from the
+        left (`Score.truncated` says by how many tokens); an empty context is the bos (else eos) token."""
+        if continuation is None:
+            if not isinstance(context, list) or not all(isinstance(p, tuple) and len(p) == 2 for p in context):
+                raise GenerationError("score() takes a context and a continuation, or a list of pairs", "context")
+            pairs = [self._scoring_pair(c, n) for c, n in cast(list[tuple[str, str]], context)]
+            return score_pairs(self.decoder, self.backend, pairs)
+        return score_pairs(self.decoder, self.backend, [self._scoring_pair(cast(str, context), continuation)])[0]
+
+    def loglikelihood_rolling(self, text: str | list[int]) -> RollingScore:
+        """The log-likelihood of a whole text of any length (lm-eval's loglikelihood_rolling): disjoint windows of
+        the context length, the first predicted from the bos (else eos) token, each later one from the context
+        before it."""
+        ids = self._scoring_ids(text, "text")
+        windows = list(rolling_windows(ids, self._prefix_id, self.card.architecture.context_length))
+        scores = score_pairs(self.decoder, self.backend, windows)
+        return RollingScore(sum(s.logprob for s in scores), len(ids), len(windows))
+
+    @property
+    def _prefix_id(self) -> int:
+        tok = self.card.tokenizer
+        return (tok.bos or tok.eos).id
+
+    def _scoring_ids(self, text: str | list[int], field: str) -> list[int]:
+        if isinstance(text, str):
+            ids = self.tokenizer.encode_text(text)
+        elif isinstance(text, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in text):
+            ids = list(text)
+        else:
+            raise GenerationError(f"{field} must be a string or a list of token ids", field)
+        outside = [i for i in ids if not 0 <= i < self.card.architecture.vocab_size]
+        if outside:
+            raise GenerationError(
+                f"token id {outside[0]} is outside the vocabulary (0 .. {self.card.architecture.vocab_size - 1})",
+                field,
+            )
+        return ids
+
+    def _scoring_pair(self, context: str | list[int], continuation: str | list[int]) -> tuple[list[int], list[int]]:
+        if isinstance(context, str) and isinstance(continuation, str):
+            spaces = len(context) - len(context.rstrip(" "))
+            context, continuation = context[: len(context) - spaces], context[len(context) - spaces :] + continuation
+            whole, head = self.tokenizer.encode_text(context + continuation), self.tokenizer.encode_text(context)
+            context_ids, continuation_ids = head, whole[len(head) :]
+        else:
+            context_ids, continuation_ids = (
+                self._scoring_ids(context, "context"),
+                self._scoring_ids(continuation, "continuation"),
+            )
+        if not continuation_ids:
+            raise GenerationError("the continuation is empty: there is nothing to score", "continuation")
+        if len(continuation_ids) > self.card.architecture.context_length:
+            raise GenerationError(
+                f"the continuation is {len(continuation_ids):,} tokens, more than card {self.card.id!r}'s "
+                f"{self.card.architecture.context_length:,}-token context: it cannot be scored in one window",
+                "continuation",
+                "context_length_exceeded",
+            )
+        return (context_ids or [self._prefix_id]), continuation_ids
 
     # --- the pieces the batcher shares -----------------------------------------------------------
 
