@@ -230,3 +230,26 @@ def test_the_seed_cards_still_fit_their_real_configs(reference, name):
         for part in path.split("."):
             ours = getattr(ours, part)
         assert ours == pytest.approx(value) if isinstance(value, float) else ours == value, path
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"norm": {"kind": "layernorm", "bias": False}},
+        {"norm": {"kind": "layernorm"}, "embedding_norm": True, "qk_norm": True},
+        {"positions": {"kind": "learned", "offset": 2}, "mlp": "geglu"},
+        {"head_dim": 16, "mlp": "relu", "bias": {"lm_head": True}, "tied_embeddings": False},
+    ],
+)
+def test_the_torch_decoder_has_exactly_the_tensors_the_spec_says(changes):
+    """registry/decoder.py (torch-free) and runtime/model.py agree on every architecture choice's tensors."""
+    torch = pytest.importorskip("torch")
+    from modeldeck.registry.decoder import decoder_tensors
+    from modeldeck.runtime.model import Decoder
+
+    arch = qwen2_architecture(**changes)
+    with torch.device("meta"):
+        ours = {name: tuple(t.shape) for name, t in Decoder(arch).state_dict().items()}
+    assert ours == decoder_tensors(arch)
+    if changes.get("norm") == {"kind": "layernorm", "bias": False}:
+        assert not any(name.endswith("norm.bias") for name in ours)
