@@ -172,10 +172,14 @@ class Model:
     def score(self, context: str | list[int], continuation: str | list[int]) -> Score: ...
 
     @overload
-    def score(self, context: list[tuple[str, str]], continuation: None = None) -> list[Score]: ...
+    def score(
+        self, context: list[tuple[str | list[int], str | list[int]]], continuation: None = None
+    ) -> list[Score]: ...
 
     def score(
-        self, context: str | list[int] | list[tuple[str, str]], continuation: str | list[int] | None = None
+        self,
+        context: str | list[int] | list[tuple[str | list[int], str | list[int]]],
+        continuation: str | list[int] | None = None,
     ) -> Score | list[Score]:
         """The continuation's total log-probability given the context, and whether it is the greedy continuation
         (lm-eval's loglikelihood); a list of (context, continuation) pairs is scored in batches. Strings are encoded
@@ -185,18 +189,30 @@ class Model:
         if continuation is None:
             if not isinstance(context, list) or not all(isinstance(p, tuple) and len(p) == 2 for p in context):
                 raise GenerationError("score() takes a context and a continuation, or a list of pairs", "context")
-            pairs = [self._scoring_pair(c, n) for c, n in cast(list[tuple[str, str]], context)]
+            pairs = [self._scoring_pair(c, n) for c, n in cast(list[tuple[str | list[int], str | list[int]]], context)]
             return score_pairs(self.decoder, self.backend, pairs)
         return score_pairs(self.decoder, self.backend, [self._scoring_pair(cast(str, context), continuation)])[0]
 
-    def loglikelihood_rolling(self, text: str | list[int]) -> RollingScore:
+    @overload
+    def loglikelihood_rolling(self, text: str | list[int]) -> RollingScore: ...
+
+    @overload
+    def loglikelihood_rolling(self, text: list[str]) -> list[RollingScore]: ...
+
+    def loglikelihood_rolling(self, text: str | list[int] | list[str]) -> RollingScore | list[RollingScore]:
         """The log-likelihood of a whole text of any length (lm-eval's loglikelihood_rolling): disjoint windows of
         the context length, the first predicted from the bos (else eos) token, each later one from the context
-        before it."""
-        ids = self._scoring_ids(text, "text")
-        windows = list(rolling_windows(ids, self._prefix_id, self.card.architecture.context_length))
-        scores = score_pairs(self.decoder, self.backend, windows)
-        return RollingScore(sum(s.logprob for s in scores), len(ids), len(windows))
+        before it. A list of strings is scored together (their windows batched)."""
+        many = isinstance(text, list) and bool(text) and all(isinstance(t, str) for t in text)
+        texts = cast(list[str], text) if many else [cast(str | list[int], text)]
+        encoded = [self._scoring_ids(t, "text") for t in texts]
+        context_length = self.card.architecture.context_length
+        windows = [list(rolling_windows(ids, self._prefix_id, context_length)) for ids in encoded]
+        scores = iter(score_pairs(self.decoder, self.backend, [w for each in windows for w in each]))
+        results = []
+        for ids, each in zip(encoded, windows, strict=True):
+            results.append(RollingScore(sum(next(scores).logprob for _ in each), len(ids), len(each)))
+        return results if many else results[0]
 
     @property
     def _prefix_id(self) -> int:
@@ -246,10 +262,11 @@ class Model:
         """The card's generation defaults and stop strings, overridden by `overrides`, validated once."""
         return resolve_options(self.card.generation, self.card.format.stop, overrides)
 
-    def sequence(self, prompt_ids: list[int], opts: Options, choice: int = 0) -> Sequence:
+    def sequence(self, prompt_ids: list[int], opts: Options, choice: int = 0, strip: bool = True) -> Sequence:
         """One sequence to generate from these prompt ids (checked: in the vocabulary, fitting the context), with
-        its own text stream and generator (`choice` i of a prompt is seeded seed + i)."""
-        text = TextStream(self.tokenizer, opts.stop, self.card.format.strip_response)
+        its own text stream and generator (`choice` i of a prompt is seeded seed + i). `strip=False` keeps the text
+        as generated (no strip_response of the card's prompt format: a continuation of plain text)."""
+        text = TextStream(self.tokenizer, opts.stop, self.card.format.strip_response if strip else "none")
         return new_sequence(self.decoder, prompt_ids, opts, self.tokenizer.eos_ids, text, choice)
 
     def _run(

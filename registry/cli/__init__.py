@@ -9,6 +9,7 @@
     weights     download, verify, convert
     memory      memory
     serve       serve
+    evaluate    eval (lm-evaluation-harness tasks over a card's revisions)
     new         card new (a starting card from a local checkpoint folder)
 
 The only registry code that imports the runtime (and torch), inside the commands that run a model (and convert).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import click
 
-from modeldeck.registry.cli import cards, checkpoint, memory, new, run, serve, weights
+from modeldeck.registry.cli import cards, checkpoint, evaluate, memory, new, run, serve, weights
 
 __all__ = ["main"]
 
@@ -29,6 +30,6 @@ def main() -> None:
     """modeldeck: model cards as validated data, contributed by plugins, run by one generic decoder."""
 
 
-for _module in (cards, new, run, checkpoint, weights, memory, serve):
+for _module in (cards, new, run, checkpoint, weights, memory, serve, evaluate):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -12,7 +12,7 @@ import click
 from modeldeck.registry.cli.common import F, find_card
 from modeldeck.registry.decoder import BACKENDS, DTYPES, QUANTIZE
 
-__all__ = ["generation_options", "load_model", "load_options", "overrides"]
+__all__ = ["generation_options", "load_model", "load_options", "load_options_except", "overrides"]
 
 _LOAD_OPTIONS = [
     click.option("--weights", type=click.Path(exists=True, file_okay=False), help="A local checkpoint folder."),
@@ -49,6 +49,12 @@ def load_options(command: F) -> F:
     """--weights, --revision, --device, --dtype, --quantize, --attention, --allow-pickle: what `runtime.load`
     takes."""
     return _apply(_LOAD_OPTIONS, command)
+
+
+def load_options_except(*names: str) -> Callable[[F], F]:
+    """The load options but `names` (`modeldeck eval` takes --revisions, several, instead of --revision)."""
+    kept = [option for option, key in zip(_LOAD_OPTIONS, _LOAD_KEYS, strict=True) if key not in names]
+    return lambda command: _apply(kept, command)
 
 
 def generation_options(command: F) -> F:

@@ -1,0 +1,205 @@
+"""lm-evaluation-harness through modeldeck: the `modeldeck` backend against lm-eval's own `hf` backend on the same
+checkpoint (GPT-NeoX, Llama, Falcon), on local JSON tasks written here (multiple choice, rolling perplexity,
+generation); and the refusals of `evaluate` (unknown task, unlisted revision) before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("lm_eval")
+pytest.importorskip("accelerate")  # lm-eval's hf backend
+torch = pytest.importorskip("torch")
+
+from modeldeck import registry, runtime  # noqa: E402
+from modeldeck.registry.weights import UnknownRevisionError  # noqa: E402
+from modeldeck.runtime import evaluation  # noqa: E402
+
+from .conftest import CARDS  # noqa: E402
+
+TOLERANCE = 1e-4
+TASKS = ["md_choice", "md_rolling", "md_generate"]
+TEXT = (
+    "The for statement is used to iterate over the elements of a sequence (such as a string, tuple or list) or "
+    "other iterable object. The while statement is used for repeated execution as long as an expression is true. "
+)
+
+
+def write_tasks(folder: Path) -> Path:
+    """Three lm-eval tasks over JSON files (dataset_path: json), one per request type."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder / "datasets-cache"
+    choice = [
+        {"question": f"Question {i}: which statement iterates over a sequence?", "choices": c, "answer": i % 3}
+        for i, c in enumerate(
+            [
+                [" the for statement", " the while statement", " the pass statement"],
+                [" a list", " a tuple of numbers", " nothing at all"],
+                [" iterate", " repeat", " stop"],
+                [" yes", " no", " the expression is true"],
+            ]
+        )
+    ]
+    rolling = [{"text": TEXT}, {"text": TEXT * 6}, {"text": "The pass statement does nothing."}]  # 2nd: > 256 tokens
+    generate = [
+        {"prompt": "The for statement is used to", "answer": " iterate"},
+        {"prompt": "The while statement is used for", "answer": " repeated execution"},
+        {"prompt": TEXT * 8 + "The for statement", "answer": " is"},  # cut from the left to fit 256 - 12 tokens
+    ]
+    common = "dataset_path: json\ntest_split: test\n"
+    for name, docs, body in [
+        (
+            "md_choice",
+            choice,
+            'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+            'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n',
+        ),
+        (
+            "md_rolling",
+            rolling,
+            'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\nmetric_list:\n'
+            "  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
+        ),
+        (
+            "md_generate",
+            generate,
+            'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
+            'generation_kwargs:\n  until: [".", "\\n"]\n  max_gen_toks: 12\n  do_sample: false\n'
+            "metric_list:\n  - metric: exact_match\n",
+        ),
+    ]:
+        data = folder / f"{name}.jsonl"
+        data.write_text("\n".join(json.dumps(d) for d in docs), encoding="utf-8")
+        kwargs = f"dataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {cache}\n"
+        (folder / f"{name}.yaml").write_text(f"task: {name}\n{common}{kwargs}{body}", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    folder = write_tasks(tmp_path_factory.mktemp("tasks"))
+    return evaluation.task_manager(str(folder), include_defaults=False)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def hf_folder(tmp_path: Path, source: Path, card: Any) -> Path:
+    """A copy of a checkpoint with what transformers reads beside the weights: the tokenizer's special tokens (the
+    card's bos/eos) and a generation_config.json with the card's generation defaults, as a published checkpoint has
+    them, so that lm-eval's hf backend sees the same tokens and defaults as the card."""
+    import shutil
+
+    from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
+
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(source, folder)
+    tok, defaults = card.tokenizer, card.generation
+    bos = (tok.bos or tok.eos).text
+    special = {"bos_token": bos, "eos_token": tok.eos.text}
+    if (folder / "tokenizer.json").is_file():
+        hf_tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **special)
+    else:  # SentencePiece (tokenizer.model): transformers' own conversion
+        hf_tokenizer = AutoTokenizer.from_pretrained(folder, **special)
+    hf_tokenizer.save_pretrained(folder / "hf-tokenizer")  # beside, not over, the files modeldeck reads
+    GenerationConfig(
+        repetition_penalty=defaults.repetition_penalty,
+        min_new_tokens=defaults.min_new_tokens or None,
+        eos_token_id=tok.eos.id,
+        bos_token_id=(tok.bos or tok.eos).id,
+    ).save_pretrained(folder)
+    return folder
+
+
+def run_both(model: Any, folder: Path, tasks: Any) -> tuple[dict, dict]:
+    from lm_eval import simple_evaluate
+
+    common = {"tasks": TASKS, "task_manager": tasks, "log_samples": True, "bootstrap_iters": 0}
+    ours = simple_evaluate(model=evaluation.ModeldeckLM(model=model, batch_size=4), **common)
+    args = f"pretrained={folder},tokenizer={folder / 'hf-tokenizer'},dtype=float32"
+    reference = simple_evaluate(model="hf", model_args=args, device="cpu", **common)
+    return ours, reference
+
+
+def samples(out: dict, task: str) -> list[dict]:
+    return sorted(out["samples"][task], key=lambda s: s["doc_id"])
+
+
+@pytest.fixture(params=["tiny-neox", "llama", "falcon"])
+def checkpoint(request: pytest.FixtureRequest, tiny_checkpoint: Any, tmp_path: Path) -> tuple[Any, Path]:
+    if request.param == "tiny-neox":  # the bundled demo model: a real tokenizer and real (tiny) training
+        card, source = registry.get("tiny-neox"), CARDS / "tiny-neox"
+    else:
+        ckpt = tiny_checkpoint(request.param)
+        card, source = ckpt.card, ckpt.directory
+    folder = hf_folder(tmp_path, source, card)
+    return runtime.load(card, weights=folder, dtype="float32", device="cpu"), folder
+
+
+def test_the_modeldeck_backend_equals_lm_evals_hf_backend(checkpoint: tuple[Any, Path], tasks: Any) -> None:
+    model, folder = checkpoint
+    ours, reference = run_both(model, folder, tasks)
+    for task in ("md_choice", "md_rolling"):
+        for a, b in zip(samples(ours, task), samples(reference, task), strict=True):
+            for (ours_resp,), (ref_resp,) in zip(a["resps"], b["resps"], strict=True):
+                if task == "md_choice":
+                    assert abs(ours_resp[0] - ref_resp[0]) <= TOLERANCE and ours_resp[1] == ref_resp[1]
+                else:  # a whole text's log-likelihood: a sum over up to ~300 tokens
+                    assert abs(ours_resp - ref_resp) <= TOLERANCE * max(1.0, abs(ref_resp) / 100)
+    for a, b in zip(samples(ours, "md_generate"), samples(reference, "md_generate"), strict=True):
+        assert a["resps"] == b["resps"] and a["resps"][0][0] is not None
+    for task in TASKS:
+        for metric, value in reference["results"][task].items():
+            if isinstance(value, float) and not math.isnan(value):
+                assert ours["results"][task][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, metric)
+
+
+def test_long_contexts_are_cut_from_the_left_and_reported(tasks: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from lm_eval import simple_evaluate
+
+    lm = evaluation.ModeldeckLM(model=runtime.load("tiny-neox", dtype="float32", device="cpu"))
+    simple_evaluate(model=lm, tasks=["md_generate"], task_manager=tasks, bootstrap_iters=0)
+    assert lm.truncated > 0  # the third prompt is longer than 256 - 12 tokens
+    assert "longer than card tiny-neox's 256-token window: it is cut from the left" in caplog.text
+    context = lm.tok_encode(TEXT * 8)
+    [score] = lm.model.score([(context, lm.tok_encode(" iterate"))])
+    assert score.truncated == len(context) + score.tokens - 257
+
+
+def test_generation_options_name_the_card_defaults_they_apply(caplog: pytest.LogCaptureFixture) -> None:
+    model = runtime.load("tiny-neox", dtype="float32", device="cpu")
+    card = model.card.model_copy(
+        update={"generation": model.card.generation.model_copy(update={"repetition_penalty": 1.3, "do_sample": True})}
+    )
+    model.card = card
+    lm = evaluation.ModeldeckLM(model=model)
+    options = lm.generation_options({"until": ["\n"], "do_sample": False})
+    assert options["do_sample"] is False and options["stop"] == ["\n"]
+    assert "max_new_tokens" in options and "repetition_penalty" not in options  # the card's, resolved by the runtime
+    assert "repetition_penalty=1.3" in caplog.text
+    assert f"max_new_tokens={card.generation.max_new_tokens}" in caplog.text
+    assert lm.generation_options({"until": ["\n"], "max_gen_toks": 5, "temperature": 0.7})["do_sample"] is True
+    with pytest.raises(runtime.GenerationError, match="'typical_p', which modeldeck's runtime does not know"):
+        lm.generation_options({"typical_p": 0.9})
+
+
+def test_unknown_task_and_unlisted_revision_are_refused_before_loading(tasks: Any, monkeypatch: Any) -> None:
+    def no_load(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no model may be loaded")
+
+    monkeypatch.setattr(evaluation, "load", no_load)
+    with pytest.raises(evaluation.UnknownTaskError, match=r"no task 'md_choise'; did you mean md_choice\?"):
+        evaluation.evaluate(
+            "tiny-neox", ["md_choise"], include_path=str(Path(tasks.include_path)), include_defaults=False
+        )
+    with pytest.raises(UnknownRevisionError, match="step1001"):
+        evaluation.evaluate("pythia-160m", ["md_choice"], revisions=["step1000", "step1001"], include_defaults=False)
+    with pytest.raises(evaluation.ModeldeckError, match="unknown model_args for --model modeldeck: pretrained"):
+        evaluation.ModeldeckLM(card="tiny-neox", pretrained="x")
