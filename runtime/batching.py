@@ -20,6 +20,10 @@ alone, as Model.generate does, and a lone request decodes as a batch of one: bit
 (MKL sgemm: 1 row, 2-3, 4 or more), moving fp32 logits by up to ~1e-5, which changes a token only where the top
 two scores (or a sampling boundary) are closer than that; over 6,353 greedy tokens of 100 random tiny-neox
 requests the closest top-two gap was 7.6e-5, and every request in tests/test_batching.py matches Model.generate.
+
+A request submitted with `logprobs` gets each token's log-probability (and the most likely tokens) on its events:
+its rows of the raw logits are copied before `step` processes them (in place) and scored by runtime/scoring.py's
+`token_logprobs`, the function prompt scoring uses; requests that did not ask cost nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -50,6 +54,7 @@ from modeldeck.runtime.generate import (
     step,
 )
 from modeldeck.runtime.model import KVCache
+from modeldeck.runtime.scoring import token_logprobs
 
 __all__ = ["ContinuousBatcher", "EngineStoppedError", "QueueFullError", "Ticket", "TicketTimeoutError", "TokenEvent"]
 
@@ -73,7 +78,9 @@ class TicketTimeoutError(ModeldeckError, TimeoutError):
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One step of one request: the text now safe to show; the last event has finish_reason and usage."""
+    """One step of one request: the text now safe to show; the last event has finish_reason and usage. A request
+    submitted with `logprobs` gets token_id's log-probability and the `logprobs` most likely (id, logprob) at its
+    position, best first, from the raw logits (before the card's sampling processors), on every event with a token."""
 
     text: str
     token_id: int | None
@@ -81,13 +88,15 @@ class TokenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
 
 
 class Ticket:
     """A submitted request as its caller sees it: events as they happen, the final Completion, cancel()."""
 
-    def __init__(self, prompt_ids: list[int], options: Options, wake: Callable[[], None]):
-        self.prompt_ids, self.options = prompt_ids, options
+    def __init__(self, prompt_ids: list[int], options: Options, wake: Callable[[], None], logprobs: int | None = None):
+        self.prompt_ids, self.options, self.logprobs = prompt_ids, options, logprobs
         self._wake = wake
         self._cond = threading.Condition()
         self._events: list[TokenEvent] = []
@@ -179,11 +188,13 @@ class Ticket:
 
 @dataclass(eq=False)
 class _Request:
-    """The loop thread's state for one ticket: its sequence and the token to feed next."""
+    """The loop thread's state for one ticket: its sequence, the token to feed next and, when the ticket asked for
+    log-probabilities, that token's (TokenEvent's logprob and top_logprobs)."""
 
     ticket: Ticket
     sequence: Sequence
     next_token: torch.Tensor | None = None  # [1]: sampled, not yet fed to the decoder
+    scored: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
 
 
@@ -221,11 +232,16 @@ class ContinuousBatcher:
                 **self._counts,
             }
 
-    def submit(self, prompt_ids: list[int], options: dict[str, Any] | Options | None = None) -> Ticket:
+    def submit(
+        self, prompt_ids: list[int], options: dict[str, Any] | Options | None = None, logprobs: int | None = None
+    ) -> Ticket:
         """Queue one request; options are Model.generate's keywords (or resolved Options). Starts the loop.
 
         A request is one sequence: num_return_sequences is 1 unless given (a card's default of more is ignored).
-        Its prompt and options are checked here, once, with Model.generate's messages."""
+        Its prompt and options are checked here, once, with Model.generate's messages. `logprobs` (0 or more): each
+        token's event carries its log-probability and the `logprobs` most likely tokens (TokenEvent)."""
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise GenerationError(f"logprobs must be a whole number >= 0, got {logprobs!r}", "logprobs")
         opts = (
             options
             if isinstance(options, Options)
@@ -238,7 +254,7 @@ class ContinuousBatcher:
                 "num_return_sequences",
             )
         sequence = self.model.sequence(list(prompt_ids), opts)
-        ticket = Ticket(sequence.prompt, opts, self._wake)
+        ticket = Ticket(sequence.prompt, opts, self._wake, logprobs)
         request = _Request(ticket, sequence)
         with self._lock:
             self._refuse_if_stopped()
@@ -392,16 +408,32 @@ class ContinuousBatcher:
             log.error("generating a token failed", exc_info=exc)
             self._end(owner[id(sequence)], "error", f"generation failed: {type(exc).__name__}: {exc}")
 
+        asked = [row for row, r in enumerate(requests) if r.ticket.logprobs is not None]  # the others pay nothing
+        raw = logits[asked] if asked else None  # [A, V]: a copy, taken before step processes logits in place
         tokens = step([r.sequence for r in requests], logits, on_error=failed)
+        if raw is not None:
+            self._score([requests[row] for row in asked], raw, tokens[asked])
         for row, request in enumerate(requests):
             if request.finished:
                 continue
             request.next_token = tokens[row : row + 1]
             sequence = request.sequence
             if sequence.finish is None:
-                request.ticket._publish(TokenEvent(sequence.delta, sequence.generated[-1], None))
+                request.ticket._publish(TokenEvent(sequence.delta, sequence.generated[-1], None, **request.scored))
             else:
                 self._end(request, sequence.finish)
+
+    @staticmethod
+    def _score(requests: list[_Request], raw: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Each request's new token's log-probability and its `logprobs` most likely tokens, from raw logits [A, V]
+        (row i: requests[i]) and the tokens [A] step chose."""
+        k = max(cast(int, r.ticket.logprobs) for r in requests)
+        chosen, _, values, ids = token_logprobs(raw, tokens, k)  # [A], [A, k]
+        for request, logprob, top_values, top_ids in zip(
+            requests, chosen.tolist(), values.tolist(), ids.tolist(), strict=True
+        ):
+            n = cast(int, request.ticket.logprobs)
+            request.scored = {"logprob": logprob, "top_logprobs": list(zip(top_ids[:n], top_values[:n], strict=True))}
 
     # --- ending requests ----------------------------------------------------------------------------
 
@@ -412,11 +444,12 @@ class ContinuousBatcher:
             return
         request.finished = True
         sequence = request.sequence
+        scored: dict[str, Any] = {}
         if sequence.finish is None:
             text, token = sequence.end(finish), None
         else:
-            text, token = sequence.delta, sequence.generated[-1]
-        event = TokenEvent(text, token, finish, len(sequence.prompt), len(sequence.generated), error)
+            text, token, scored = sequence.delta, sequence.generated[-1], request.scored
+        event = TokenEvent(text, token, finish, len(sequence.prompt), len(sequence.generated), error, **scored)
         with self._lock:
             self._counts["completed"] += 1
         request.ticket._publish(event, sequence.completion())

@@ -13,9 +13,17 @@ Request fields -> generation options (the card's defaults apply to every field a
   (-> min_new_tokens).
 - /v1/completions applies the card's prompt format to a text prompt, as `modeldeck generate` does (for a `plain`
   card the text is unchanged); `"raw": true` encodes it as plain text instead; token-id prompts are used as given.
-- Fields that would change results and are not supported (logprobs, echo, best_of other than n, suffix, tools,
-  functions, response_format other than text, logit_bias, non-zero frequency/presence penalty) are a 400 naming the
-  field; unknown fields too. user, metadata, store, service_tier, parallel_tool_calls are accepted and ignored.
+  max_tokens 0 generates nothing (finish_reason "length"): with echo, the request only scores its prompts.
+- Log-probabilities, from the raw logits (log_softmax in fp32 before the card's sampling processors: repetition
+  penalty, temperature, top-k/p never change them). /v1/completions: `logprobs` 0..20, OpenAI's legacy format
+  (`legacy_logprobs`), and `echo` (the choice's text and logprobs begin with the prompt's: its tokens, decoded, so a
+  card's prompt format shows; the first token has no log-probability).
+  /v1/chat/completions: `logprobs` true and `top_logprobs` 0..20, the chat format (`chat_logprobs`). Streamed, each
+  chunk carries its own tokens' log-probabilities.
+- Fields that would change results and are not supported (best_of other than n, suffix, tools, functions,
+  response_format other than text, logit_bias, non-zero frequency/presence penalty) are a 400 naming the field;
+  unknown fields too (one of the other endpoint's, such as echo on chat, says so). user, metadata, store,
+  service_tier, parallel_tool_calls are accepted and ignored.
 
 Errors have OpenAI's body {"error": {"message", "type", "param", "code"}}: 400 invalid input (malformed JSON too),
 404 unknown model, 429 queue full (at once), 503 shutting down, 500 only for a bug (logged).
@@ -24,6 +32,7 @@ Errors have OpenAI's body {"error": {"message", "type", "param", "code"}}: 400 i
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,14 +44,20 @@ __all__ = [
     "APIError",
     "ChatRequest",
     "CompletionRequest",
+    "Logprob",
+    "chat_logprobs",
     "chat_messages",
     "generation_error",
     "generation_options",
+    "legacy_logprobs",
+    "logprobs_asked",
     "parse_request",
     "refuse_unsupported",
 ]
 
 OPTION_PARAMS = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "num_return_sequences": "n"}
+MAX_LOGPROBS = 20
+"""The most likely tokens a response may list at each position (OpenAI's limit)."""
 
 
 class APIError(Exception):
@@ -94,6 +109,7 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
+    max_tokens: int | None = Field(None, ge=0)  # 0: nothing generated (with echo: the prompt is only scored)
     prompt: str | list[str] | list[int] | list[list[int]]
     raw: bool = False
     echo: bool | None = None
@@ -118,6 +134,13 @@ class ChatRequest(_Common):
     service_tier: str | None = None
 
 
+ENDPOINTS: dict[type[BaseModel], tuple[type[BaseModel], str]] = {
+    ChatRequest: (CompletionRequest, "/v1/completions"),
+    CompletionRequest: (ChatRequest, "/v1/chat/completions"),
+}
+"""Each request's other endpoint: an unknown field that is one of its fields is named as such."""
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -136,7 +159,11 @@ def parse_request(model: type[BaseModel], body: bytes) -> Any:
         field = str(first["loc"][0]) if first["loc"] else None
         where = (field or "") + "".join(f"[{x}]" for x in first["loc"][1:] if isinstance(x, int))
         if first["type"] == "extra_forbidden":
-            raise APIError(400, f"Unrecognized request argument supplied: {field}", param=field) from None
+            elsewhere = ENDPOINTS.get(model)
+            hint = ""
+            if elsewhere and field in elsewhere[0].model_fields:
+                hint = f" ('{field}' is a {elsewhere[1]} field)"
+            raise APIError(400, f"Unrecognized request argument supplied: {field}{hint}", param=field) from None
         if first["type"] == "missing":
             raise APIError(400, f"Missing required parameter: '{where}'.", param=field) from None
         given = json.dumps(first.get("input"), default=str)[:80]
@@ -156,16 +183,12 @@ def refuse_unsupported(req: CompletionRequest | ChatRequest) -> None:
     }
     if isinstance(req, CompletionRequest):
         refused |= {
-            "logprobs": req.logprobs is not None,
-            "echo": bool(req.echo),
             "suffix": bool(req.suffix),
             "best_of": req.best_of is not None and req.best_of != req.n,
         }
     else:
         fmt = (req.response_format or {}).get("type", "text")
         refused |= {
-            "logprobs": bool(req.logprobs),
-            "top_logprobs": req.top_logprobs is not None,
             "tools": bool(req.tools),
             "tool_choice": req.tool_choice not in (None, "none"),
             "functions": bool(req.functions),
@@ -175,6 +198,66 @@ def refuse_unsupported(req: CompletionRequest | ChatRequest) -> None:
     for field, bad in refused.items():
         if bad:
             raise APIError(400, f"'{field}' is not supported by this server (modeldeck serve)", param=field)
+
+
+def logprobs_asked(req: CompletionRequest | ChatRequest) -> int | None:
+    """How many most likely tokens each position reports (completions' `logprobs`, chat's `top_logprobs`, 0 when
+    chat asks for logprobs alone); None: the request asked for no log-probabilities."""
+    field, k = ("logprobs", req.logprobs) if isinstance(req, CompletionRequest) else ("top_logprobs", req.top_logprobs)
+    if k is not None and not 0 <= k <= MAX_LOGPROBS:
+        raise APIError(400, f"'{field}' must be between 0 and {MAX_LOGPROBS} (got {k})", param=field)
+    if isinstance(req, CompletionRequest):
+        return k
+    if k is not None and not req.logprobs:
+        raise APIError(400, "'top_logprobs' is only allowed with 'logprobs': true", param="top_logprobs")
+    return (k or 0) if req.logprobs else None
+
+
+# --- log-probabilities in the response -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Logprob:
+    """One token of a choice as the response reports it: its text, its log-probability and the most likely tokens
+    at its position as (text, logprob), best first (both None for a prompt's first token: nothing predicts it)."""
+
+    token: str
+    logprob: float | None
+    top: list[tuple[str, float]] | None
+
+
+def legacy_logprobs(tokens: list[Logprob], offset: int = 0) -> dict[str, Any]:
+    """/v1/completions' `logprobs` of these tokens. text_offset counts the tokens' texts on from `offset` (the
+    characters of the choice's text before the first of them), as OpenAI does: exact where the texts join into the
+    choice's (not across a character split between tokens, a stop string or a stripped leading space). top_logprobs
+    maps token text to logprob, the likelier kept where two tokens have one text."""
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [None if t.top is None else _by_text(t.top) for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def _by_text(top: list[tuple[str, float]]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for token, logprob in top:  # best first: a later token with the same text is less likely
+        best.setdefault(token, logprob)
+    return best
+
+
+def chat_logprobs(tokens: list[Logprob]) -> dict[str, Any]:
+    """/v1/chat/completions' `logprobs` of these (generated) tokens, each with its text's UTF-8 bytes."""
+
+    def entry(token: str, logprob: float | None) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = [entry(t.token, t.logprob) | {"top_logprobs": [entry(*top) for top in t.top or []]} for t in tokens]
+    return {"content": content, "refusal": None}
 
 
 def chat_messages(raw: list[Any]) -> list[dict[str, Any]]:

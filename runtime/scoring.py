@@ -1,5 +1,7 @@
 """Scoring: log-probabilities of given tokens, on the same decoder and KV cache as generation.
 
+    token_logprobs    log-probabilities of given next tokens (and the top k) from raw logits: scored rows and the
+                      server's generated tokens (runtime/batching.py) both use it
     score_rows        per-token log-probabilities of right-padded rows, prefilled in chunks (and, with top_k,
                       the k most likely tokens at each position); what every other function here is built on
     continuation      lm-eval's `loglikelihood`: the continuation's total log-probability given a context, whether
@@ -23,7 +25,7 @@ from modeldeck.registry.decoder import prefill_chunk
 from modeldeck.runtime.attention import Backend
 from modeldeck.runtime.model import Decoder, KVCache
 
-__all__ = ["LOGITS_BUDGET", "ScoredRow", "continuation_window", "rolling_windows", "score_rows"]
+__all__ = ["LOGITS_BUDGET", "ScoredRow", "continuation_window", "rolling_windows", "score_rows", "token_logprobs"]
 
 LOGITS_BUDGET = 256 * 2**20
 """Bytes of fp32 log-probabilities [B, T, V] one scoring pass may hold."""
@@ -37,6 +39,17 @@ class ScoredRow:
     logprobs: list[float]
     greedy: list[bool]
     top: list[list[tuple[int, float]]]
+
+
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, top_k: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw logits [..., V] -> each target's log-probability [...], whether it is the most likely token [...], and
+    the top_k most likely tokens' log-probabilities and ids [..., k], best first: log_softmax in fp32. The one
+    place log-probabilities are computed, for scored rows and for generated tokens (runtime/batching.py)."""
+    scores = logits.float().log_softmax(-1)  # [..., V]
+    values, ids = scores.topk(min(top_k, scores.shape[-1]), dim=-1)  # [..., k]
+    return scores.gather(-1, targets[..., None])[..., 0], scores.argmax(-1) == targets, values, ids
 
 
 @torch.inference_mode()
@@ -57,14 +70,12 @@ def score_rows(
     for begin in range(0, inputs.shape[1], chunk):
         part = inputs[:, begin : begin + chunk]  # [B, C]
         start = torch.full((len(rows),), begin, device=device)
-        scores = decoder(part, cache, backend, start=start).float().log_softmax(-1)  # [B, C, V]
         targets = tokens[:, begin + 1 : begin + 1 + part.shape[1]]  # [B, C]: the next token of each position
-        logprobs.append(scores.gather(-1, targets[..., None])[..., 0])  # [B, C]
-        greedy.append(scores.argmax(-1) == targets)  # [B, C]
-        if top_k:
-            values, ids = scores.topk(min(top_k, vocab), dim=-1)  # [B, C, k]
-            top_values.append(values)
-            top_ids.append(ids)
+        chosen, is_greedy, values, ids = token_logprobs(decoder(part, cache, backend, start=start), targets, top_k)
+        logprobs.append(chosen)  # [B, C]
+        greedy.append(is_greedy)  # [B, C]
+        top_values.append(values)  # [B, C, k]
+        top_ids.append(ids)  # [B, C, k]
     if not logprobs:  # every row is a single token: nothing to score
         return [ScoredRow([], [], []) for _ in rows]
     all_logprobs, all_greedy = torch.cat(logprobs, 1).tolist(), torch.cat(greedy, 1).tolist()

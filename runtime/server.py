@@ -8,6 +8,10 @@ Requests are read and mapped to generation options in runtime/openai_api.py. A r
 (their batch rows freed) whenever its response ends early: a client that disconnects from a stream (Starlette
 cancels the response) or from a non-streamed request (polled), or a task cancelled at shutdown. Shutdown: stop
 admitting (503), let uvicorn wait for in-flight responses, then drain and join the batcher thread.
+
+Log-probabilities: a generated token's come on its ticket's events (the batcher scores the raw logits of the rows
+that asked); with echo, the prompts' come from one runtime/scoring.py score_rows call per request, in a thread
+(off the event loop), one request's call at a time. max_tokens 0 submits no tickets: its choices end at once.
 """
 
 from __future__ import annotations
@@ -34,17 +38,22 @@ from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.prompting import PromptError
 from modeldeck.runtime.batching import ContinuousBatcher, EngineStoppedError, QueueFullError, Ticket, TokenEvent
 from modeldeck.runtime.engine import Model
-from modeldeck.runtime.generate import GenerationError
+from modeldeck.runtime.generate import ContextLengthError, GenerationError, check_prompt
 from modeldeck.runtime.openai_api import (
     APIError,
     ChatRequest,
     CompletionRequest,
+    Logprob,
+    chat_logprobs,
     chat_messages,
     generation_error,
     generation_options,
+    legacy_logprobs,
+    logprobs_asked,
     parse_request,
     refuse_unsupported,
 )
+from modeldeck.runtime.scoring import score_rows
 
 __all__ = ["APIError", "create_app", "serve"]
 
@@ -65,6 +74,7 @@ class Service:
         self.names = {n.lower() for n in (card.id, *card.aliases, card.source.repo, self.id) if n}
         self.stopping = False
         self.counters = {"requests": 0, "disconnected": 0, "rejected_queue_full": 0}
+        self.scoring = asyncio.Lock()  # one prompt-scoring pass at a time: the others wait, off the threads
 
     def check_model(self, name: str) -> None:
         if name.lower() not in self.names:
@@ -89,13 +99,20 @@ class Service:
         except PromptError as exc:
             raise APIError(400, str(exc), param="messages" if isinstance(req, ChatRequest) else "prompt") from None
 
-    def submit(self, req: CompletionRequest | ChatRequest) -> tuple[list[Ticket], int]:
-        """n tickets per prompt (choice index = prompt * n + i) and the prompt tokens; all or none are queued."""
+    def submit(self, req: CompletionRequest | ChatRequest) -> tuple[list[Ticket], list[list[int]]]:
+        """n tickets per prompt (choice index = prompt * n + i) and the prompts; all or none are queued. max_tokens
+        0: no tickets (nothing to generate), the prompts checked."""
         if self.stopping:
             raise APIError(503, "the server is shutting down", kind="server_error", code="shutting_down")
         self.check_model(req.model)
         refuse_unsupported(req)
+        logprobs = logprobs_asked(req)
         prompts = self.prompts(req)
+        if isinstance(req, CompletionRequest) and req.max_tokens == 0:
+            for ids in prompts:
+                self._check_scored(ids)
+            self.counters["requests"] += 1
+            return [], prompts
         jobs = []
         for ids in prompts:
             opts = generation_options(self.model.card, req, len(ids))
@@ -105,7 +122,7 @@ class Service:
         queued = False
         try:
             for ids, opts in jobs:
-                tickets.append(self.batcher.submit(ids, opts))
+                tickets.append(self.batcher.submit(ids, opts, logprobs))
             queued = True
         except ModeldeckError as exc:
             raise self._engine_error(exc, isinstance(req, ChatRequest)) from None
@@ -114,7 +131,37 @@ class Service:
                 for t in tickets:
                     t.cancel()
         self.counters["requests"] += 1
-        return tickets, sum(map(len, prompts))
+        return tickets, prompts
+
+    def _check_scored(self, ids: list[int]) -> None:
+        """A prompt that is only scored (max_tokens 0) may fill the context, as Model.logprobs's text may."""
+        arch = self.model.card.architecture
+        if len(ids) > arch.context_length:
+            raise ContextLengthError(
+                f"a prompt of {len(ids)} tokens does not fit the context length {arch.context_length}; shorten it",
+                arch.context_length,
+                len(ids),
+                0,
+            )
+        check_prompt(ids, arch.vocab_size, arch.context_length + 1, 0)  # the rest: not empty, in the vocabulary
+
+    def token(self, token_id: int, logprob: float | None, top: list[tuple[int, float]] | None) -> Logprob:
+        """A token and the most likely tokens at its position as the response shows them (their texts)."""
+        decode = self.model.tokenizer.decode
+        return Logprob(decode([token_id]), logprob, None if top is None else [(decode([i]), lp) for i, lp in top])
+
+    async def score_prompts(self, prompts: list[list[int]], top_k: int) -> list[list[Logprob]]:
+        """Each prompt's tokens with their log-probabilities and top_k most likely tokens (the first token has
+        none): one score_rows call for all of them (its passes bounded by LOGITS_BUDGET), in a thread, one
+        request's call at a time."""
+        async with self.scoring:
+            rows = await asyncio.to_thread(score_rows, self.model.decoder, self.model.backend, prompts, top_k)
+        scored = []
+        for ids, row in zip(prompts, rows, strict=True):
+            tops = row.top if top_k else [[] for _ in row.logprobs]
+            later = zip(ids[1:], row.logprobs, tops, strict=True)
+            scored.append([self.token(ids[0], None, None)] + [self.token(*each) for each in later])
+        return scored
 
     def _engine_error(self, exc: ModeldeckError, chat: bool) -> APIError:
         if isinstance(exc, QueueFullError):
@@ -174,15 +221,35 @@ def _failure(event: TokenEvent) -> APIError | None:
 
 
 class _Request:
-    """One request's tickets: cancelled when the response ends early (client gone, server cancelled the task)."""
+    """One request's choices (choice i: prompt i // n) and tickets (none for max_tokens 0): the tickets are
+    cancelled when the response ends early (client gone, server cancelled the task)."""
 
-    def __init__(self, service: Service, tickets: list[Ticket], prompt_tokens: int, chat: bool, model: str):
-        self.service, self.tickets, self.prompt_tokens, self.chat = service, tickets, prompt_tokens, chat
+    def __init__(
+        self, service: Service, req: CompletionRequest | ChatRequest, tickets: list[Ticket], prompts: list[list[int]]
+    ):
+        self.service, self.tickets, self.prompts, self.n = service, tickets, prompts, req.n
+        self.chat = isinstance(req, ChatRequest)
+        self.echo = isinstance(req, CompletionRequest) and bool(req.echo)
+        self.logprobs = logprobs_asked(req)  # how many most likely tokens each position lists; None: no logprobs
+        self.choices = len(prompts) * req.n
+        self.prompt_tokens = sum(map(len, prompts))
+        self.heads: list[tuple[str, list[Logprob]]] = [("", [])] * len(prompts)  # each prompt's choices begin so
+        self.offsets = [0] * self.choices  # characters of each choice's text that logprobs were reported for
         self.finished: set[int] = set()
         self.closed = False
         self.completion_tokens = 0
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created, self.model = int(time.time()), model
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.created, self.model = int(time.time()), service.id
+
+    async def prepare(self) -> None:
+        """With echo, each choice begins with its prompt's text and, with logprobs, its prompt's tokens."""
+        if not self.echo:
+            return
+        texts = [self.service.model.tokenizer.decode(ids) for ids in self.prompts]
+        scored: list[list[Logprob]] = [[] for _ in self.prompts]
+        if self.logprobs is not None:
+            scored = await self.service.score_prompts(self.prompts, self.logprobs)
+        self.heads = list(zip(texts, scored, strict=True))
 
     def close(self, disconnected: bool = False) -> None:
         """Cancel the tickets still running (a client that left: counted as disconnected)."""
@@ -200,6 +267,11 @@ class _Request:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
 
     async def events(self) -> AsyncIterator[tuple[int, TokenEvent]]:
+        if not self.tickets:  # max_tokens 0: every choice ends at once, having generated nothing
+            for index in range(self.choices):
+                self.finished.add(index)
+                yield index, TokenEvent("", None, "length")
+            return
         async with aclosing(_merged(self.tickets)) as merged:
             async for index, event in merged:
                 if event.finish_reason is not None:
@@ -210,27 +282,40 @@ class _Request:
                     self.completion_tokens += event.completion_tokens
                 yield index, event
 
+    def _generated(self, event: TokenEvent) -> list[Logprob]:
+        """The event's token with its log-probabilities, when the request asked for them."""
+        if self.logprobs is None or event.token_id is None:
+            return []
+        return [self.service.token(event.token_id, event.logprob, event.top_logprobs)]
+
+    def _logprobs(self, index: int, tokens: list[Logprob]) -> dict[str, Any] | None:
+        """Choice `index`'s logprobs of these tokens (all of its tokens, or the next ones of a stream)."""
+        if self.logprobs is None:
+            return None
+        if self.chat:
+            return chat_logprobs(tokens)
+        offset = self.offsets[index]
+        self.offsets[index] += sum(len(t.token) for t in tokens)
+        return legacy_logprobs(tokens, offset)
+
     async def collect(self, request: Request) -> dict[str, Any]:
         watcher = asyncio.create_task(self._watch(request))
-        texts, finish = [""] * len(self.tickets), [""] * len(self.tickets)
+        texts = [self.heads[i // self.n][0] for i in range(self.choices)]
+        tokens = [list(self.heads[i // self.n][1]) for i in range(self.choices)]
+        finish = [""] * self.choices
         try:
             async for index, event in self.events():
                 texts[index] += event.text
+                tokens[index] += self._generated(event)
                 if event.finish_reason:
                     finish[index] = FINISH.get(event.finish_reason, event.finish_reason)
         finally:
             watcher.cancel()
             self.close()
-        if self.chat:
-            choices = [
-                {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": f}
-                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
-            ]
-        else:
-            choices = [
-                {"index": i, "text": t, "logprobs": None, "finish_reason": f}
-                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
-            ]
+        choices = []
+        for i, (text, f) in enumerate(zip(texts, finish, strict=True)):
+            body = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
+            choices.append({"index": i, **body, "logprobs": self._logprobs(i, tokens[i]), "finish_reason": f})
         return self._envelope(choices, chunk=False) | {"usage": self.usage()}
 
     async def _watch(self, request: Request) -> None:
@@ -238,14 +323,23 @@ class _Request:
             await asyncio.sleep(0.2)
         self.close(disconnected=True)
 
-    def _chunk(self, index: int, text: str | None, finish: str | None, usage: bool, role: bool = False) -> str:
+    def _chunk(
+        self,
+        index: int,
+        text: str | None,
+        finish: str | None,
+        usage: bool,
+        tokens: list[Logprob] | None = None,
+        role: bool = False,
+    ) -> str:
+        logprobs = self._logprobs(index, tokens) if tokens else None  # of the tokens this chunk reports
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text:
                 delta["content"] = text
-            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         return _sse(self._envelope([choice], chunk=True) | ({"usage": None} if usage else {}))
 
     def _envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
@@ -255,12 +349,16 @@ class _Request:
 
     async def sse(self, include_usage: bool) -> AsyncIterator[str]:
         try:
-            if self.chat:
-                for index in range(len(self.tickets)):
+            for index in range(self.choices):
+                if self.chat:
                     yield self._chunk(index, None, None, include_usage, role=True)
+                elif self.echo:
+                    text, prompt = self.heads[index // self.n]
+                    yield self._chunk(index, text, None, include_usage, prompt)
             async for index, event in self.events():
-                if event.text:
-                    yield self._chunk(index, event.text, None, include_usage)
+                generated = self._generated(event)
+                if event.text or generated:  # a token whose text is held back still reports its logprob
+                    yield self._chunk(index, event.text, None, include_usage, generated)
                 if event.finish_reason:
                     yield self._chunk(index, None, FINISH.get(event.finish_reason), include_usage)
             if include_usage:
@@ -371,8 +469,13 @@ def create_app(
     async def complete(request: Request, kind: type[CompletionRequest | ChatRequest]) -> Any:
         try:
             req = parse_request(kind, await request.body())
-            tickets, prompt_tokens = service.submit(req)
-            job = _Request(service, tickets, prompt_tokens, kind is ChatRequest, service.id)
+            tickets, prompts = service.submit(req)
+            job = _Request(service, req, tickets, prompts)
+            try:
+                await job.prepare()
+            except BaseException:
+                job.close()
+                raise
             if req.stream:
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
                 return EventStream(job.sse(include_usage), job.close)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,9 @@ TEXT = (
 )
 
 
-def write_tasks(folder: Path) -> Path:
-    """Three lm-eval tasks over JSON files (dataset_path: json), one per request type."""
+def write_tasks(folder: Path, long: bool = True) -> Path:
+    """Three lm-eval tasks over JSON files (dataset_path: json), one per request type; `long`: with a text and a
+    prompt longer than tiny-neox's 256-token window."""
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder / "datasets-cache"
     choice = [
@@ -44,11 +48,12 @@ def write_tasks(folder: Path) -> Path:
             ]
         )
     ]
-    rolling = [{"text": TEXT}, {"text": TEXT * 6}, {"text": "The pass statement does nothing."}]  # 2nd: > 256 tokens
+    repeats = 6 if long else 2  # 6: > 256 tokens
+    rolling = [{"text": TEXT}, {"text": TEXT * repeats}, {"text": "The pass statement does nothing."}]
     generate = [
         {"prompt": "The for statement is used to", "answer": " iterate"},
         {"prompt": "The while statement is used for", "answer": " repeated execution"},
-        {"prompt": TEXT * 8 + "The for statement", "answer": " is"},  # cut from the left to fit 256 - 12 tokens
+        {"prompt": TEXT * (8 if long else 2) + "The for statement", "answer": " is"},  # 8: cut to fit 256 - 12
     ]
     common = "dataset_path: json\ntest_split: test\n"
     for name, docs, body in [
@@ -161,6 +166,39 @@ def test_the_modeldeck_backend_equals_lm_evals_hf_backend(checkpoint: tuple[Any,
                 assert ours["results"][task][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, metric)
 
 
+def test_lm_evals_local_completions_backend_on_modeldeck_serve(tmp_path: Path) -> None:
+    """lm-eval's stock OpenAI-compatible backend, pointed at the server on the loopback, gets what the native
+    backend gets: the same per-request log-likelihoods, generations and metrics."""
+    from lm_eval import simple_evaluate
+
+    from .test_serve import serving
+
+    model = runtime.load("tiny-neox", dtype="float32", device="cpu")
+    tokenizer = hf_folder(tmp_path, CARDS / "tiny-neox", model.card) / "hf-tokenizer"
+    manager = evaluation.task_manager(str(write_tasks(tmp_path / "tasks", long=False)), include_defaults=False)
+    common = {"tasks": TASKS, "task_manager": manager, "log_samples": True, "bootstrap_iters": 0}
+    native = simple_evaluate(model=evaluation.ModeldeckLM(model=model), **common)
+    with serving(model, max_batch=4) as served:
+        # max_length: lm-eval's API backend asks for one token after each scored prompt, which must fit the context
+        args = (
+            f"model=tiny-neox,base_url={served.url}/v1/completions,tokenizer_backend=huggingface,"
+            f"tokenizer={tokenizer},max_length=255"
+        )
+        remote = simple_evaluate(model="local-completions", model_args=args, **common)
+    for task in ("md_choice", "md_rolling"):
+        for a, b in zip(samples(remote, task), samples(native, task), strict=True):
+            for (ours,), (theirs,) in zip(a["resps"], b["resps"], strict=True):
+                if task == "md_choice":
+                    assert abs(ours[0] - theirs[0]) <= TOLERANCE and ours[1] == theirs[1]
+                else:
+                    assert abs(ours - theirs) <= TOLERANCE * max(1.0, abs(theirs) / 100)
+    assert [s["resps"] for s in samples(remote, "md_generate")] == [s["resps"] for s in samples(native, "md_generate")]
+    for task in TASKS:
+        for metric, value in native["results"][task].items():
+            if isinstance(value, float) and not math.isnan(value):
+                assert remote["results"][task][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, metric)
+
+
 def test_long_contexts_are_cut_from_the_left_and_reported(tasks: Any, caplog: pytest.LogCaptureFixture) -> None:
     from lm_eval import simple_evaluate
 
@@ -203,3 +241,112 @@ def test_unknown_task_and_unlisted_revision_are_refused_before_loading(tasks: An
         evaluation.evaluate("pythia-160m", ["md_choice"], revisions=["step1000", "step1001"], include_defaults=False)
     with pytest.raises(evaluation.ModeldeckError, match="unknown model_args for --model modeldeck: pretrained"):
         evaluation.ModeldeckLM(card="tiny-neox", pretrained="x")
+
+
+# --- modeldeck eval over a card's revisions -------------------------------------------------------
+
+REVISIONS = ["step1000", "step8000", "step143000"]
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A Pythia-layout card file (the demo's tokenizer, a larger random GPT-NeoX: 160 MB of float32 weights) whose
+    repository has three revisions laid out in an offline Hugging Face cache, each with its own weights."""
+    import shutil
+
+    import transformers
+    import yaml
+
+    from .test_hub import add_to_cache
+
+    root = tmp_path_factory.mktemp("suite")
+    data = yaml.safe_load((CARDS / "tiny-neox.yaml").read_text(encoding="utf-8"))
+    data["id"], data["name"], data["parameters"], data["evaluation"] = "neox-suite", "neox suite", {}, []
+    data["source"] = {"repo": "test/neox-suite", "format": "safetensors", "revisions": REVISIONS}
+    arch = {"layers": 12, "hidden_size": 512, "heads": 8, "kv_heads": 8, "ffn_size": 2048}
+    data["architecture"] |= arch
+    card_file = root / "neox-suite.yaml"
+    card_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    config = transformers.GPTNeoXConfig(
+        vocab_size=2048,
+        hidden_size=512,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        intermediate_size=2048,
+        max_position_embeddings=256,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+    )
+    home, folders = root / "hf", {}
+    (home / "hub").mkdir(parents=True)
+    for i, revision in enumerate(REVISIONS):
+        torch.manual_seed(i)
+        folder = root / revision
+        transformers.GPTNeoXForCausalLM(config).save_pretrained(folder)
+        shutil.copy(CARDS / "tiny-neox" / "tokenizer.json", folder)
+        add_to_cache(home, "test/neox-suite", revision, f"{i + 1:x}" * 40, source=folder)
+        folders[revision] = folder
+    size = sum(f.stat().st_size for f in folders[REVISIONS[0]].glob("*.safetensors"))
+    return {"card": card_file, "home": home, "folders": folders, "bytes": size, "tasks": write_tasks(root / "tasks")}
+
+
+def run_eval(suite: dict[str, Any], *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`modeldeck eval` in a subprocess, offline; returns it and its peak resident memory in bytes."""
+    env = {**os.environ, "HF_HOME": str(suite["home"]), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.run([sys.executable, '-m', 'modeldeck.registry.cli', *sys.argv[1:]], capture_output=True, "
+        "text=True)\n"
+        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr)\n"
+        "sys.exit(p.returncode)\n"
+    )
+    cmd = [sys.executable, "-c", wrapper, "eval", str(suite["card"]), "--include-path", str(suite["tasks"]), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return done, int(done.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_modeldeck_eval_over_three_revisions_holds_one_model_at_a_time(suite: dict[str, Any], tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    tasks = "md_choice,md_rolling"
+    one, one_peak = run_eval(suite, "--tasks", tasks, "--revisions", REVISIONS[0], "--device", "cpu")
+    assert one.returncode == 0, one.stderr
+    three, three_peak = run_eval(
+        suite, "--tasks", tasks, "--revisions", ",".join(REVISIONS), "--device", "cpu", "--output", str(output)
+    )
+    assert three.returncode == 0, three.stderr
+    # Two models at once would add a whole model's weights to the peak; one at a time adds only noise.
+    print(
+        f"peak RSS: one revision {one_peak / 2**20:.0f} MiB, three {three_peak / 2**20:.0f} MiB, model {suite['bytes'] / 2**20:.0f} MiB"
+    )
+    assert three_peak - one_peak < suite["bytes"] / 2
+    header, *rows = [line.split() for line in three.stdout.strip().splitlines()]
+    assert header == ["task", "metric", *REVISIONS]
+    assert [r[:2] for r in rows] == [["md_choice", "acc"], ["md_choice", "acc_norm"]] + [
+        ["md_rolling", m] for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")
+    ]
+    for i, revision in enumerate(REVISIONS):
+        assert f"[{i + 1}/3] neox-suite @ {revision}: loading, then evaluating" in three.stderr
+    report = json.loads(output.read_text())
+    assert [run["revision"] for run in report["runs"]] == REVISIONS
+    perplexities = [run["results"]["md_rolling"]["word_perplexity,none"] for run in report["runs"]]
+    assert len(set(perplexities)) == 3  # three different checkpoints were read
+    # each revision's numbers are those of its own checkpoint, evaluated directly from its folder
+    [direct] = evaluation.evaluate(
+        str(suite["card"]),
+        ["md_rolling"],
+        weights=str(suite["folders"]["step8000"]),
+        include_path=str(suite["tasks"]),
+        include_defaults=False,
+        device="cpu",
+    )
+    assert direct.results["md_rolling"]["word_perplexity,none"] == pytest.approx(perplexities[1], rel=1e-6)
+    kept = output.read_bytes()
+    exists, _ = run_eval(suite, "--tasks", tasks, "--output", str(output))
+    assert exists.returncode == 1 and f"--output {output} exists" in exists.stderr and output.read_bytes() == kept
+    unlisted, _ = run_eval(suite, "--tasks", tasks, "--revisions", "step1000,step1001")
+    assert unlisted.returncode == 1 and "step1001" in unlisted.stderr and "Traceback" not in unlisted.stderr
+    assert "loading" not in unlisted.stderr  # refused before the first revision is loaded

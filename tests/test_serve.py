@@ -274,20 +274,21 @@ ERRORS = [
     ("completions", {"top_p": 0}, openai.BadRequestError, "top_p", None),
     ("completions", {"n": 0}, openai.BadRequestError, "n", None),
     ("completions", {"seed": 2**64}, openai.BadRequestError, "seed", None),
-    ("completions", {"max_tokens": 0}, openai.BadRequestError, "max_tokens", None),
+    ("completions", {"max_tokens": -1}, openai.BadRequestError, "max_tokens", None),  # 0: no generation
+    ("chat", {"max_tokens": 0}, openai.BadRequestError, "max_tokens", None),
     ("completions", {"stop": ""}, openai.BadRequestError, "stop", None),  # the runtime names the option it refused
     ("completions", {"extra_body": {"min_tokens": 10}}, openai.BadRequestError, None, None),
     ("completions", {"extra_body": {"repetition_penalty": 0}}, openai.BadRequestError, "repetition_penalty", None),
     ("completions", {"extra_body": {"top_k": -2}}, openai.BadRequestError, "top_k", None),
     ("completions", {"prompt": ""}, openai.BadRequestError, "prompt", None),
-    ("completions", {"logprobs": 2}, openai.BadRequestError, "logprobs", None),
-    ("completions", {"echo": True}, openai.BadRequestError, "echo", None),
+    ("completions", {"logprobs": 21}, openai.BadRequestError, "logprobs", None),  # 0..20: test_serve_logprobs.py
     ("completions", {"best_of": 3}, openai.BadRequestError, "best_of", None),
     ("completions", {"suffix": "end"}, openai.BadRequestError, "suffix", None),
     ("completions", {"frequency_penalty": 0.5}, openai.BadRequestError, "frequency_penalty", None),
     ("completions", {"logit_bias": {"5": 10}}, openai.BadRequestError, "logit_bias", None),
     ("completions", {"extra_body": {"beam_width": 4}}, openai.BadRequestError, "beam_width", None),
-    ("chat", {"logprobs": True}, openai.BadRequestError, "logprobs", None),
+    ("chat", {"top_logprobs": 2}, openai.BadRequestError, "top_logprobs", None),  # only with logprobs: true
+    ("chat", {"extra_body": {"echo": True}}, openai.BadRequestError, "echo", None),  # a /v1/completions field
     ("chat", {"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools", None),
     ("chat", {"response_format": {"type": "json_object"}}, openai.BadRequestError, "response_format", None),
     ("chat", {"messages": []}, openai.BadRequestError, "messages", None),
