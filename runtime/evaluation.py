@@ -37,6 +37,7 @@ except ImportError as exc:  # lm-eval is the optional `eval` extra
         f"evaluating needs lm-evaluation-harness ({exc}); install the eval extra: pip install 'modeldeck[eval]'"
     ) from None
 
+import torch
 from tqdm import tqdm
 
 from modeldeck.registry.diagnostics import ModeldeckError, spell
@@ -100,6 +101,10 @@ class ModeldeckLM(TemplateLM):  # type: ignore[misc]  # lm-eval ships no type in
         if model is None:
             if card is None:
                 raise ModeldeckError("--model modeldeck needs a card: --model_args card=ID (or a card file)")
+            if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+                # lm-eval's command line passes --device cuda:0 unless told otherwise; its hf backend falls back too
+                log.warning("device %s is not available here (no CUDA): running on the default device", device)
+                device = None
             model = load(
                 card,
                 weights=weights,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -350,3 +351,20 @@ def test_modeldeck_eval_over_three_revisions_holds_one_model_at_a_time(suite: di
     unlisted, _ = run_eval(suite, "--tasks", tasks, "--revisions", "step1000,step1001")
     assert unlisted.returncode == 1 and "step1001" in unlisted.stderr and "Traceback" not in unlisted.stderr
     assert "loading" not in unlisted.stderr  # refused before the first revision is loaded
+
+
+@pytest.mark.slow
+def test_lm_evals_own_command_line_with_the_backend_registered(tmp_path: Path, tasks: Any) -> None:
+    """`python -m modeldeck.runtime.evaluation` is lm-eval's CLI with `--model modeldeck` known; lm-eval's default
+    --device (cuda:0) falls back to the CPU here, as its hf backend does."""
+    from lm_eval import simple_evaluate
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "modeldeck.runtime.evaluation", "--model", "modeldeck", "--model_args"]
+    command += ["card=tiny-neox,dtype=float32", "--tasks", "md_choice", "--include_path", str(tasks.include_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    model = runtime.load("tiny-neox", dtype="float32", device="cpu")
+    native = simple_evaluate(model=evaluation.ModeldeckLM(model=model), tasks=["md_choice"], task_manager=tasks)
+    acc = native["results"]["md_choice"]["acc,none"]
+    assert re.search(rf"\|md_choice\|.*\|acc\s*\|.*\|\s*{acc:g}\|", done.stdout), done.stdout
