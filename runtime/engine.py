@@ -169,28 +169,33 @@ class Model:
         return TokenLogprobs(ids, texts, [None, *row.logprobs], top)
 
     @overload
-    def score(self, context: str | list[int], continuation: str | list[int]) -> Score: ...
+    def score(self, context: str | list[int], continuation: str | list[int], *, batch_size: int = 16) -> Score: ...
 
     @overload
     def score(
-        self, context: list[tuple[str | list[int], str | list[int]]], continuation: None = None
+        self, context: list[tuple[str | list[int], str | list[int]]], continuation: None = None, *, batch_size: int = 16
     ) -> list[Score]: ...
 
     def score(
         self,
         context: str | list[int] | list[tuple[str | list[int], str | list[int]]],
         continuation: str | list[int] | None = None,
+        *,
+        batch_size: int = 16,
     ) -> Score | list[Score]:
         """The continuation's total log-probability given the context, and whether it is the greedy continuation
         (lm-eval's loglikelihood); a list of (context, continuation) pairs is scored in batches. Strings are encoded
         as lm-eval does: the context's trailing spaces move to the continuation, the pair is encoded whole and the
         continuation is what follows the context's own tokens. A context longer than the window is cut from the
-        left (`Score.truncated` says by how many tokens); an empty context is the bos (else eos) token."""
+        left (`Score.truncated` says by how many tokens); an empty context is the bos (else eos) token. A list is
+        scored `batch_size` rows per forward pass, longest first."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise GenerationError(f"batch_size must be a whole number >= 1, got {batch_size!r}", "batch_size")
         if continuation is None:
             if not isinstance(context, list) or not all(isinstance(p, tuple) and len(p) == 2 for p in context):
                 raise GenerationError("score() takes a context and a continuation, or a list of pairs", "context")
             pairs = [self._scoring_pair(c, n) for c, n in cast(list[tuple[str | list[int], str | list[int]]], context)]
-            return score_pairs(self.decoder, self.backend, pairs)
+            return score_pairs(self.decoder, self.backend, pairs, batch_size)
         return score_pairs(self.decoder, self.backend, [self._scoring_pair(cast(str, context), continuation)])[0]
 
     @overload

@@ -44,6 +44,7 @@ from modeldeck.registry.diagnostics import ModeldeckError, spell
 from modeldeck.registry.schema import Card, GenerationDefaults
 from modeldeck.runtime.engine import Model, load
 from modeldeck.runtime.generate import GenerationError, generate
+from modeldeck.runtime.scoring import Score
 
 __all__ = ["EvalRun", "ModeldeckLM", "UnknownTaskError", "check_tasks", "evaluate"]
 
@@ -151,12 +152,19 @@ class ModeldeckLM(TemplateLM):  # type: ignore[misc]  # lm-eval ships no type in
     def _loglikelihood_tokens(
         self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
     ) -> list[tuple[float, bool]]:
-        pairs = [(context, continuation) for _, context, continuation in requests]
-        results: list[tuple[float, bool]] = []
+        # Longest first over all requests (not per batch), each distinct pair once: multiple-choice tasks repeat
+        # contexts and often whole pairs, and sorting globally keeps padding to neighbours of equal length.
+        pairs = list(dict.fromkeys((tuple(context), tuple(continuation)) for _, context, continuation in requests))
+        pairs.sort(key=lambda pair: -(len(pair[0]) + len(pair[1])))
+        found: dict[tuple[tuple[int, ...], tuple[int, ...]], Score] = {}
         for chunk in self._chunks(pairs, disable_tqdm, "modeldeck: loglikelihood"):
-            for score in self.model.score(chunk):
-                self._count_truncation(score.truncated)
-                results.append((score.logprob, score.greedy))
+            scores = self.model.score([(list(c), list(n)) for c, n in chunk], batch_size=self.batch_size)
+            found.update(zip(chunk, scores, strict=True))
+        results = []
+        for _, context, continuation in requests:
+            score = found[(tuple(context), tuple(continuation))]
+            self._count_truncation(score.truncated)
+            results.append((score.logprob, score.greedy))
         return results
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:

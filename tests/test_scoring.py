@@ -76,10 +76,11 @@ def test_greedy_continuations_are_flagged_greedy(models):
 def test_a_batch_of_pairs_equals_one_at_a_time(models):
     ours, _ = models
     pairs = [("The if statement", " is used"), ("x", " = 1"), ("A class definition defines", " a class object")]
-    batched = ours.score(pairs)
-    for pair, score in zip(pairs, batched, strict=True):
-        alone = ours.score(*pair)
-        assert abs(alone.logprob - score.logprob) <= TOLERANCE and alone.greedy == score.greedy
+    for batch_size in (1, 2, 16):
+        batched = ours.score(pairs, batch_size=batch_size)
+        for pair, score in zip(pairs, batched, strict=True):
+            alone = ours.score(*pair)
+            assert abs(alone.logprob - score.logprob) <= TOLERANCE and alone.greedy == score.greedy
 
 
 def test_a_context_longer_than_the_window_is_cut_from_the_left_and_says_so(models):
@@ -131,6 +132,7 @@ def test_long_rows_are_scored_in_bounded_passes(models):
     [
         (lambda m: m.score("context", ""), "the continuation is empty: there is nothing to score"),
         (lambda m: m.logprobs("x", top_k=-1), "top_k must be a whole number >= 0, got -1"),
+        (lambda m: m.score([("a", " b")], batch_size=0), "batch_size must be a whole number >= 1, got 0"),
         (lambda m: m.logprobs([0, 99999]), "token id 99999 is outside the vocabulary (0 .. 2047)"),
         (
             lambda m: m.logprobs(list(range(300))),
