@@ -10,6 +10,7 @@
     memory      memory
     serve       serve
     evaluate    eval (lm-evaluation-harness tasks over a card's revisions)
+    export      export (a card as the files transformers, vLLM and Ollama read)
     new         card new (a starting card from a local checkpoint folder)
 
 The only registry code that imports the runtime (and torch), inside the commands that run a model (and convert).
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import click
 
-from modeldeck.registry.cli import cards, checkpoint, evaluate, memory, new, run, serve, weights
+from modeldeck.registry.cli import cards, checkpoint, evaluate, export, memory, new, run, serve, weights
 
 __all__ = ["main"]
 
@@ -30,6 +31,6 @@ def main() -> None:
     """modeldeck: model cards as validated data, contributed by plugins, run by one generic decoder."""
 
 
-for _module in (cards, new, run, checkpoint, weights, memory, serve, evaluate):
+for _module in (cards, new, run, checkpoint, weights, memory, serve, evaluate, export):
     for _command in _module.COMMANDS:
         main.add_command(_command)
