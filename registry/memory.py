@@ -61,14 +61,14 @@ __all__ = [
     "Estimate",
     "MemoryPlanError",
     "Scenario",
-    "Split",
-    "Stage",
+    "TensorParallelPlan",
     "Term",
     "estimate",
     "largest_batch",
     "largest_context",
-    "pipeline_split",
     "prefill_chunk",
+    "tensor_parallel_plan",
+    "tensor_parallel_sizes",
 ]
 
 Device = Literal["cpu", "cuda"]
@@ -460,61 +460,50 @@ def largest_batch(card: Card, memory: int, **options: Any) -> int | None:
     return _largest(fits, 1, high, piece_end)
 
 
-@dataclass(frozen=True)
-class Stage:
-    gpu: int
-    first_layer: int
-    last_layer: int
-    holds: tuple[str, ...]  # besides its layers: embedding, final norm, LM head
-    bytes: int
+def tensor_parallel_sizes(arch: Architecture) -> list[int]:
+    """The tensor-parallel sizes that split this architecture evenly (vLLM's rule, Megatron's layout): each GPU
+    computes heads / tp query heads, and either kv_heads / tp key-value heads or, when tp exceeds kv_heads, one
+    kv head replicated on tp / kv_heads GPUs; the MLP's ffn_size splits too."""
+    heads, kv = arch.heads, arch.kv_heads
+    return [
+        tp
+        for tp in range(1, heads + 1)
+        if heads % tp == 0 and (kv % tp == 0 or tp % kv == 0) and arch.ffn_size % tp == 0
+    ]
 
 
 @dataclass(frozen=True)
-class Split:
-    """A pipeline split over GPUs of `memory` bytes: consecutive layers per GPU, each stage holding its layers'
-    weights and KV cache and a full activation peak; the embedding on the first, the final norm and head on the last."""
+class TensorParallelPlan:
+    """vLLM's tensor parallelism over `gpus` GPUs of `memory` bytes: what one GPU holds (`per_gpu`), within
+    `utilization` of its memory (vLLM's --gpu-memory-utilization, 0.9 by default)."""
 
     memory: int
-    stages: tuple[Stage, ...]
-
-    @property
-    def gpus(self) -> int:
-        return len(self.stages)
+    gpus: int
+    per_gpu: int
+    weights: int  # per GPU
+    kv_cache: int  # per GPU, the estimate's batch and context
+    activations: int
+    utilization: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"gpus": self.gpus, "memory": self.memory, "stages": [asdict(s) for s in self.stages]}
+        return asdict(self)
 
 
-def pipeline_split(card: Card, plan: Estimate, memory: int) -> Split | None:
-    """The fewest GPUs of `memory` bytes that hold `plan` split by layers (None when one layer is too many).
+def tensor_parallel_plan(
+    card: Card, plan: Estimate, memory: int, utilization: float = 0.9
+) -> TensorParallelPlan | None:
+    """The fewest GPUs of `memory` bytes over which tensor parallelism (vLLM's) holds `plan` (None: no size that
+    splits the architecture evenly is enough).
 
-    modeldeck's runtime runs on one device; this is a plan for a pipeline runner. Per stage: its blocks'
-    weights and KV cache, plus the activation peak (prefill or decode; sampling on the last stage only), plus
-    the loading transient of one reordered QKV weight. A tied embedding is needed at both ends: the last
-    GPU holds a copy for the head."""
-    arch, s = card.architecture, plan.scenario
-    if s.device != "cuda":
-        raise MemoryPlanError("a split over GPUs needs an estimate for device cuda")
-    e, count = DTYPE_BYTES[s.dtype], count_parameters(arch)
-    per_layer = count.per_block * e + plan.kv_cache.bytes // arch.layers
-    running = max(t.bytes for t in plan.phases if t.name != "sampling")
-    last_running = max(running, next(t.bytes for t in plan.phases if t.name == "sampling"))
-    loading = plan.loading.bytes - plan.weights.bytes  # one reordered QKV weight at a time
-    head = count.final_norm * e + (count.lm_head or arch.vocab_size * arch.hidden_size) * e
-    ends = ("final norm", "LM head" if count.lm_head else "LM head (a copy of the tied embedding)")
-    for gpus in range(2, arch.layers + 1):
-        fixed = [(count.embedding + count.embedding_norm) * e] + [0] * (gpus - 2) + [head]
-        active = [running] * (gpus - 1) + [last_running]
-        layers = [1] * gpus
-        for _ in range(arch.layers - gpus):  # each further layer to the stage that stays smallest
-            i = min(range(gpus), key=lambda i: fixed[i] + max(active[i], loading) + (layers[i] + 1) * per_layer)
-            layers[i] += 1
-        used = [fixed[i] + layers[i] * per_layer + max(active[i], loading) for i in range(gpus)]
-        if max(used) <= memory:
-            stages, first = [], 0
-            for i in range(gpus):
-                holds = (("embedding",) if i == 0 else ()) + (ends if i == gpus - 1 else ())
-                stages.append(Stage(i, first, first + layers[i] - 1, holds, used[i]))
-                first += layers[i]
-            return Split(memory, tuple(stages))
+    Per GPU: 1/tp of the weights (vLLM splits every linear layer, and the embedding and LM head by vocabulary
+    rows), 1/tp of the KV cache (times tp / kv_heads when kv heads are replicated), and a whole activation peak
+    (each GPU runs every token through its slice). vLLM then gives the KV cache all the memory left."""
+    arch = card.architecture
+    activations = plan.activations.bytes
+    for tp in tensor_parallel_sizes(arch):
+        weights = math.ceil(plan.weights.bytes / tp)
+        kv = math.ceil(plan.kv_cache.bytes * max(1, tp // arch.kv_heads) / tp)
+        per_gpu = weights + kv + activations
+        if per_gpu <= memory * utilization:
+            return TensorParallelPlan(memory, tp, per_gpu, weights, kv, activations, utilization)
     return None

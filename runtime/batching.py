@@ -186,6 +186,30 @@ class Ticket:
                 loop.call_soon_threadsafe(wake.set)
 
 
+def check_logprobs(logprobs: int | None) -> None:
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+        raise GenerationError(f"logprobs must be a whole number >= 0, got {logprobs!r}", "logprobs")
+
+
+def one_sequence(opts: Options) -> None:
+    if opts.num_return_sequences != 1:
+        raise GenerationError(
+            f"num_return_sequences={opts.num_return_sequences}: a batcher request returns one sequence; "
+            "submit one request per sequence",
+            "num_return_sequences",
+        )
+
+
+def final_event(sequence: Sequence, finish: str, error: str | None, scored: dict[str, Any]) -> TokenEvent:
+    """A request's last event (with usage and the rest of its text). A sequence that finished by itself ends with
+    its last token and that token's scores; one ended from outside (cancelled, failed) without."""
+    if sequence.finish is None:
+        text, token, scored = sequence.end(cast(Finish, finish)), None, {}
+    else:
+        text, token = sequence.delta, sequence.generated[-1]
+    return TokenEvent(text, token, finish, len(sequence.prompt), len(sequence.generated), error, **scored)
+
+
 @dataclass(eq=False)
 class _Request:
     """The loop thread's state for one ticket: its sequence, the token to feed next and, when the ticket asked for
@@ -240,19 +264,13 @@ class ContinuousBatcher:
         A request is one sequence: num_return_sequences is 1 unless given (a card's default of more is ignored).
         Its prompt and options are checked here, once, with Model.generate's messages. `logprobs` (0 or more): each
         token's event carries its log-probability and the `logprobs` most likely tokens (TokenEvent)."""
-        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
-            raise GenerationError(f"logprobs must be a whole number >= 0, got {logprobs!r}", "logprobs")
+        check_logprobs(logprobs)
         opts = (
             options
             if isinstance(options, Options)
             else self.model.options(**{"num_return_sequences": 1, **(options or {})})
         )
-        if opts.num_return_sequences != 1:
-            raise GenerationError(
-                f"num_return_sequences={opts.num_return_sequences}: a batcher request returns one sequence; "
-                "submit one request per sequence",
-                "num_return_sequences",
-            )
+        one_sequence(opts)
         sequence = self.model.sequence(list(prompt_ids), opts)
         ticket = Ticket(sequence.prompt, opts, self._wake, logprobs)
         request = _Request(ticket, sequence)
@@ -444,12 +462,7 @@ class ContinuousBatcher:
             return
         request.finished = True
         sequence = request.sequence
-        scored: dict[str, Any] = {}
-        if sequence.finish is None:
-            text, token = sequence.end(finish), None
-        else:
-            text, token, scored = sequence.delta, sequence.generated[-1], request.scored
-        event = TokenEvent(text, token, finish, len(sequence.prompt), len(sequence.generated), error, **scored)
+        event = final_event(sequence, finish, error, request.scored)
         with self._lock:
             self._counts["completed"] += 1
         request.ticket._publish(event, sequence.completion())

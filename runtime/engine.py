@@ -34,7 +34,7 @@ from modeldeck.runtime.scoring import RollingScore, Score, TokenLogprobs, rollin
 from modeldeck.runtime.text import TextStream
 from modeldeck.runtime.tokenizer import TextTokenizer, load_tokenizer, require_card_match
 
-__all__ = ["Generation", "Model", "load"]
+__all__ = ["CardModel", "Generation", "Model", "load"]
 
 Messages = Many[Mapping[str, object]]
 Conversation = str | Messages
@@ -57,42 +57,15 @@ class Generation:
         return self.completions[0].finish_reason
 
 
-class Model:
-    def __init__(
-        self,
-        card: Card,
-        decoder: Decoder,
-        tokenizer: TextTokenizer,
-        attention: str | None = None,
-        quantize: str | None = None,
-        cuda_graphs: bool = False,
-    ):
-        self.card, self.decoder, self.tokenizer = card, decoder, tokenizer
-        self.backend = get_backend(choose_backend(attention, self.device, self.dtype))
-        self.quantize = quantize  # the weight quantization, if any
-        self.cuda_graphs = cuda_graphs  # decode steps replay CUDA graphs (runtime/graphs.py)
-        if cuda_graphs:
-            check_graphs(self.device, self.backend.name)
+class CardModel:
+    """What a model shares whichever engine runs it: its card and tokenizer, prompts in the card's format, options
+    resolved with the card's defaults, and generate/chat over the engine's `_run`. `Model` runs on modeldeck's own
+    decoder; runtime/vllm.py's VLLMModel on a vLLM server."""
 
-    @property
-    def precision(self) -> str:
-        """Why the model runs in its dtype (registry/decoder.default_precision, or "asked for")."""
-        return self.decoder.precision
-
-    @property
-    def device(self) -> torch.device:
-        return self.decoder.embed.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.decoder.embed.weight.dtype
-
-    def __repr__(self) -> str:
-        quantize = "" if self.quantize is None else f", quantize={self.quantize!r}"
-        return (
-            f"Model({self.card.id!r}, device={self.device}, dtype={self.dtype}{quantize}, "
-            f"attention={self.backend.name!r}, precision={self.precision!r})"
-        )
+    card: Card
+    tokenizer: TextTokenizer
+    engine = "modeldeck"
+    scores_prompts = True  # prompt log-probabilities (the server's echo, max_tokens 0)
 
     # --- prompts -------------------------------------------------------------------------------
 
@@ -137,6 +110,78 @@ class Model:
         self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
     ) -> Iterator[str]:
         """Text deltas as they become safe to show (see runtime/text.py)."""
+        raise NotImplementedError
+
+    def options(self, **overrides: Any) -> Options:
+        """The card's generation defaults and stop strings, overridden by `overrides`, validated once."""
+        return resolve_options(self.card.generation, self.card.format.stop, overrides)
+
+    def text_stream(self, opts: Options, strip: bool = True) -> TextStream:
+        """A sequence's text: the tokenizer's, the options' stop strings, the card's strip rule (`strip=False`:
+        the text as generated, a continuation of plain text)."""
+        return TextStream(self.tokenizer, opts.stop, self.card.format.strip_response if strip else "none")
+
+    def batcher(self, max_batch: int = 8, max_queue: int = 64) -> Any:
+        """The engine that serves many requests at once (runtime/server.py): submit -> Ticket."""
+        raise NotImplementedError
+
+    def _run(
+        self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
+    ) -> list[Generation]:
+        raise NotImplementedError
+
+    def _generations(
+        self, prompts: list[Conversation], system: str | None, raw: bool, completions: list[Completion], n: int
+    ) -> list[Generation]:
+        results = []
+        for p, prompt in enumerate(prompts):
+            shown = prompt if isinstance(prompt, str) and raw else self.render(prompt, system)
+            results.append(Generation(shown, completions[p * n : (p + 1) * n]))
+        return results
+
+
+class Model(CardModel):
+    """A card running on modeldeck's own decoder (`load`)."""
+
+    def __init__(
+        self,
+        card: Card,
+        decoder: Decoder,
+        tokenizer: TextTokenizer,
+        attention: str | None = None,
+        quantize: str | None = None,
+        cuda_graphs: bool = False,
+    ):
+        self.card, self.decoder, self.tokenizer = card, decoder, tokenizer
+        self.backend = get_backend(choose_backend(attention, self.device, self.dtype))
+        self.quantize = quantize  # the weight quantization, if any
+        self.cuda_graphs = cuda_graphs  # decode steps replay CUDA graphs (runtime/graphs.py)
+        if cuda_graphs:
+            check_graphs(self.device, self.backend.name)
+
+    @property
+    def precision(self) -> str:
+        """Why the model runs in its dtype (registry/decoder.default_precision, or "asked for")."""
+        return self.decoder.precision
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.embed.weight.dtype
+
+    def __repr__(self) -> str:
+        quantize = "" if self.quantize is None else f", quantize={self.quantize!r}"
+        return (
+            f"Model({self.card.id!r}, device={self.device}, dtype={self.dtype}{quantize}, "
+            f"attention={self.backend.name!r}, precision={self.precision!r})"
+        )
+
+    def stream(
+        self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> Iterator[str]:
         opts = self.options(**options)
         if opts.num_return_sequences != 1:
             raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
@@ -263,16 +308,18 @@ class Model:
 
     # --- the pieces the batcher shares -----------------------------------------------------------
 
-    def options(self, **overrides: Any) -> Options:
-        """The card's generation defaults and stop strings, overridden by `overrides`, validated once."""
-        return resolve_options(self.card.generation, self.card.format.stop, overrides)
+    def batcher(self, max_batch: int = 8, max_queue: int = 64) -> Any:
+        from modeldeck.runtime.batching import ContinuousBatcher
+
+        return ContinuousBatcher(self, max_batch=max_batch, max_queue=max_queue)
 
     def sequence(self, prompt_ids: list[int], opts: Options, choice: int = 0, strip: bool = True) -> Sequence:
         """One sequence to generate from these prompt ids (checked: in the vocabulary, fitting the context), with
         its own text stream and generator (`choice` i of a prompt is seeded seed + i). `strip=False` keeps the text
         as generated (no strip_response of the card's prompt format: a continuation of plain text)."""
-        text = TextStream(self.tokenizer, opts.stop, self.card.format.strip_response if strip else "none")
-        return new_sequence(self.decoder, prompt_ids, opts, self.tokenizer.eos_ids, text, choice)
+        return new_sequence(
+            self.decoder, prompt_ids, opts, self.tokenizer.eos_ids, self.text_stream(opts, strip), choice
+        )
 
     def _run(
         self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
@@ -285,12 +332,7 @@ class Model:
         sequences = [self.sequence(ids, opts, choice) for ids in encoded for choice in range(n)]
         for _ in generate(self.decoder, sequences, self.backend, self.tokenizer.pad_id, self.cuda_graphs):
             pass
-        results = []
-        for p, prompt in enumerate(prompts):
-            completions = [s.completion() for s in sequences[p * n : (p + 1) * n]]
-            shown = prompt if isinstance(prompt, str) and raw else self.render(prompt, system)
-            results.append(Generation(shown, completions))
-        return results
+        return self._generations(prompts, system, raw, [s.completion() for s in sequences], n)
 
 
 def _requested_dtype(requested: str | torch.dtype | None, quantize: str | None) -> torch.dtype | None:
@@ -305,6 +347,26 @@ def _requested_dtype(requested: str | torch.dtype | None, quantize: str | None) 
             )
         return _DTYPES[requested]
     return torch.bfloat16 if quantize is not None else None
+
+
+def _check_engine(engine: str, **modeldeck_only: object) -> None:
+    from modeldeck.registry.engines import ENGINES
+
+    if engine not in ENGINES:
+        raise ModeldeckError(f"{spell('engine', repr(engine))} is not an engine; choose one of {', '.join(ENGINES)}")
+    given = [name for name, value in modeldeck_only.items() if value not in (None, False, "auto")]
+    if engine != "modeldeck" and given:
+        raise ModeldeckError(
+            f"{spell(given[0])} is an option of modeldeck's runtime; the {engine} engine chooses its own kernels"
+        )
+
+
+def _dtype_name(dtype: str | torch.dtype | None) -> str | None:
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    if dtype is not None and dtype not in _DTYPES:
+        raise ModeldeckError(f"{spell('dtype', repr(dtype))} is not supported; choose one of {', '.join(_DTYPES)}")
+    return dtype
 
 
 def available_devices() -> list[str]:
@@ -361,6 +423,9 @@ def load(
     verify: bool = False,
     quantize: str | None = None,
     cuda_graphs: bool = False,
+    engine: str = "modeldeck",
+    tensor_parallel_size: int | None = None,
+    vllm_args: list[str] | None = None,
 ) -> Model:
     """A card (id, alias, hub repo, a card file, or Card) -> a Model with weights from `weights=DIR`, the package,
     or the hub.
@@ -379,7 +444,17 @@ def load(
     in bfloat16 where the CPU computes it natively, else float32 (registry/decoder.default_precision;
     `Model.precision` says why). `quantize="int8"`
     stores the linear layers' weights as int8 with one scale per output row (runtime/kernels.py). `cuda_graphs=True`
-    replays each decode step of `generate`/`stream` as a CUDA graph (runtime/graphs.py; CUDA with sdpa or eager)."""
+    replays each decode step of `generate`/`stream` as a CUDA graph (runtime/graphs.py; CUDA with sdpa or eager).
+
+    `engine="vllm"` runs the card on a vLLM server instead (runtime/vllm.py: a VLLMModel with the same generate,
+    chat and stream; close() stops it), `tensor_parallel_size` GPUs wide (default: the memory planner's), with
+    `vllm_args` passed on to vLLM."""
+    _check_engine(engine, attention=attention, quantize=quantize, cuda_graphs=cuda_graphs)
+    if engine == "modeldeck" and (tensor_parallel_size is not None or vllm_args):
+        raise ModeldeckError(
+            f"{spell('tensor_parallel_size' if tensor_parallel_size is not None else 'vllm_args')} is an option of "
+            f"{spell('engine', 'vllm')}; modeldeck's runtime runs on one device"
+        )
     reg = registry.default()
     if isinstance(card, Card):
         origin = f"card {card.id!r}"
@@ -387,6 +462,11 @@ def load(
     else:
         resolved, origin = reg.card_or_file(card)
     layout = reg.checkpoint_layouts()[resolved.architecture.checkpoint_layout]
+    if engine == "vllm":  # before any weight is fetched: the card, the split and the environment
+        from modeldeck.registry.engines.vllm import check_card, find_python
+
+        check_card(resolved, tensor_parallel_size or 1, "cuda" if str(device).startswith("cuda") else "cpu")
+        find_python()
     from modeldeck.registry.weights import resolve_weights
 
     if verify:
@@ -394,6 +474,17 @@ def load(
     directory = resolve_weights(resolved, weights=weights, revision=revision, allow_pickle=allow_pickle)
     if verify:
         require_verified(resolved, directory, revision)
+    if engine == "vllm":
+        from modeldeck.runtime.vllm import load_vllm
+
+        tokenizer = load_tokenizer(resolved, directory)
+        require_card_match(tokenizer, directory, origin)
+        names = [resolved.id, *resolved.aliases]
+        return load_vllm(  # type: ignore[return-value]
+            resolved, directory, tokenizer, device=None if device is None else str(device), dtype=_dtype_name(dtype),
+            tensor_parallel_size=tensor_parallel_size, allow_pickle=allow_pickle, served_names=names,
+            vllm_args=vllm_args,
+        )  # fmt: skip
     where = _choose_device(device)
     if cuda_graphs:
         attention = "sdpa" if attention in (None, "auto") else attention  # the backends a graph can capture

@@ -36,8 +36,8 @@ from starlette.types import Receive, Scope, Send
 
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.prompting import PromptError
-from modeldeck.runtime.batching import ContinuousBatcher, EngineStoppedError, QueueFullError, Ticket, TokenEvent
-from modeldeck.runtime.engine import Model
+from modeldeck.runtime.batching import EngineStoppedError, QueueFullError, Ticket, TokenEvent
+from modeldeck.runtime.engine import CardModel, Model
 from modeldeck.runtime.generate import ContextLengthError, GenerationError, check_prompt
 from modeldeck.runtime.openai_api import (
     APIError,
@@ -67,7 +67,7 @@ FINISH = {"stop": "stop", "eos": "stop", "length": "length"}  # engine -> OpenAI
 class Service:
     """One model, one batcher; turns requests into tickets and tickets into OpenAI responses."""
 
-    def __init__(self, model: Model, batcher: ContinuousBatcher, served_name: str | None):
+    def __init__(self, model: CardModel, batcher: Any, served_name: str | None):
         self.model, self.batcher = model, batcher
         card = model.card
         self.id = served_name or card.id
@@ -107,6 +107,7 @@ class Service:
         self.check_model(req.model)
         refuse_unsupported(req)
         logprobs = logprobs_asked(req)
+        self._check_scoring(req)
         prompts = self.prompts(req)
         if isinstance(req, CompletionRequest) and req.max_tokens == 0:
             for ids in prompts:
@@ -133,6 +134,20 @@ class Service:
         self.counters["requests"] += 1
         return tickets, prompts
 
+    def _check_scoring(self, req: CompletionRequest | ChatRequest) -> None:
+        """Prompt log-probabilities (echo, max_tokens 0) need an engine that scores prompts (modeldeck's own)."""
+        if self.model.scores_prompts or not isinstance(req, CompletionRequest):
+            return
+        for field, asked in (("echo", bool(req.echo)), ("max_tokens", req.max_tokens == 0)):
+            if asked:
+                what = "echo" if field == "echo" else "max_tokens 0 (scoring the prompt)"
+                raise APIError(
+                    400,
+                    f"{what} is not available on the {self.model.engine} engine; serve on modeldeck's runtime "
+                    "(without --engine) to score prompts",
+                    param=field,
+                )
+
     def _check_scored(self, ids: list[int]) -> None:
         """A prompt that is only scored (max_tokens 0) may fill the context, as Model.logprobs's text may."""
         arch = self.model.card.architecture
@@ -154,8 +169,10 @@ class Service:
         """Each prompt's tokens with their log-probabilities and top_k most likely tokens (the first token has
         none): one score_rows call for all of them (its passes bounded by LOGITS_BUDGET), in a thread, one
         request's call at a time."""
+        model = self.model
+        assert isinstance(model, Model)  # _check_scoring refused the other engines
         async with self.scoring:
-            rows = await asyncio.to_thread(score_rows, self.model.decoder, self.model.backend, prompts, top_k)
+            rows = await asyncio.to_thread(score_rows, model.decoder, model.backend, prompts, top_k)
         scored = []
         for ids, row in zip(prompts, rows, strict=True):
             tops = row.top if top_k else [[] for _ in row.logprobs]
@@ -398,7 +415,7 @@ class EventStream(StreamingResponse):
 
 
 def create_app(
-    model: Model,
+    model: CardModel,
     *,
     max_batch: int = 8,
     max_queue: int = 64,
@@ -406,7 +423,7 @@ def create_app(
     drain_timeout: float = 30.0,
 ) -> FastAPI:
     """The app; its lifespan starts the batcher and, at shutdown, stops admitting and drains in-flight requests."""
-    batcher = ContinuousBatcher(model, max_batch=max_batch, max_queue=max_queue)
+    batcher = model.batcher(max_batch=max_batch, max_queue=max_queue)
     service = Service(model, batcher, served_name)
 
     @asynccontextmanager
@@ -521,7 +538,7 @@ def make_server(
 
 
 def serve(
-    model: Model,
+    model: CardModel,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,

@@ -225,36 +225,28 @@ def test_a_longer_prompt_can_need_less_memory_and_the_largest_context_is_one_eve
     assert largest == scan(lambda n: total(n) <= device, 9, 2048)
 
 
-def test_falcon_40b_in_bfloat16_needs_two_80_gb_gpus():
+@pytest.mark.parametrize(("gb", "gpus"), [(141, 1), (80, 2), (40, 4), (24, 4), (10, 16)])
+def test_falcon_40b_in_bfloat16_is_split_over_the_fewest_gpus_tensor_parallelism_allows(gb, gpus):
     card, layout = card_and_layout(FALCON_40B)
     estimate = memory.estimate(card, dtype="bfloat16", device="cuda", layout=layout)
-    device = 80 * 10**9
-    assert estimate.total > device
-    assert memory.largest_context(card, device, dtype="bfloat16", device="cuda", layout=layout) is None
-    split = memory.pipeline_split(card, estimate, device)
-    assert split is not None and split.gpus == 2
-    first, last = split.stages
-    assert (first.first_layer, first.last_layer, last.first_layer, last.last_layer) == (0, 29, 30, 59)
-    assert first.holds == ("embedding",)
-    assert last.holds == ("final norm", "LM head (a copy of the tied embedding)")
-    layer = (8192 * 9216 + 8192 * 8192 + 2 * 8192 * 32768 + 4 * 8192) * 2  # one block in bfloat16: 1.36 GB
-    embedding = 65024 * 8192 * 2
-    for stage in split.stages:
-        assert 30 * layer + embedding < stage.bytes <= device
-        assert stage.bytes - 30 * layer - embedding < 10**9  # KV cache, activations: small at batch 1
+    device = gb * 10**9
+    plan = memory.tensor_parallel_plan(card, estimate, device)
+    assert plan is not None and plan.gpus == gpus
+    assert plan.weights * gpus >= estimate.weights.bytes  # every GPU holds its slice of every layer
+    assert plan.per_gpu == plan.weights + plan.kv_cache + plan.activations <= 0.9 * device
+    smaller = [tp for tp in memory.tensor_parallel_sizes(card.architecture) if tp < gpus]
+    assert all(estimate.weights.bytes / tp > 0.9 * device for tp in smaller)  # fewer GPUs could not hold it
+    if gb == 80:
+        assert memory.largest_context(card, device, dtype="bfloat16", device="cuda", layout=layout) is None
 
 
-@pytest.mark.parametrize(("gb", "gpus"), [(40, 3), (24, 4)])
-def test_smaller_gpus_split_into_more_stages_covering_every_layer(gb, gpus):
-    card, layout = card_and_layout(FALCON_40B)
-    estimate = memory.estimate(card, dtype="bfloat16", device="cuda", layout=layout)
-    split = memory.pipeline_split(card, estimate, gb * 10**9)
-    assert split is not None and split.gpus == gpus
-    assert estimate.weights.bytes > (gpus - 1) * gb * 10**9  # fewer GPUs could not hold the weights
-    layers = [n for s in split.stages for n in range(s.first_layer, s.last_layer + 1)]
-    assert layers == list(range(60))
-    assert all(s.bytes <= gb * 10**9 for s in split.stages)
-    assert memory.pipeline_split(card, estimate, 10**9) is None  # one 1.36 GB block does not fit 1 GB
+def test_tensor_parallel_sizes_follow_the_heads():
+    card, _ = card_and_layout(FALCON_40B)  # 128 query heads, 8 kv heads, ffn 32768
+    assert memory.tensor_parallel_sizes(card.architecture) == [1, 2, 4, 8, 16, 32, 64, 128]
+    arch = card.architecture.model_copy(update={"heads": 12, "kv_heads": 4, "ffn_size": 96})
+    assert memory.tensor_parallel_sizes(arch) == [1, 2, 4, 12]  # 3, 6: kv heads would not split evenly
+    estimate = memory.estimate(card, dtype="bfloat16", device="cuda")
+    assert memory.tensor_parallel_plan(card, estimate, 10**8) is None  # 128 GPUs of 0.1 GB are not enough
 
 
 # --- the command line --------------------------------------------------------------------------------
@@ -273,8 +265,10 @@ def test_cli_plans_falcon_40b_on_80_gb_gpus(run_cli):
     assert "2 (k, v) x 60 layers x 1 x 2,048 positions x 8 kv heads x 64 head_dim x 2 bytes" in out
     assert "device memory 80.00 GB: does not fit" in out
     assert "largest context at batch 1: none fits (the weights alone are 82.61 GB)" in out
-    assert "split over 2 GPUs of 80.00 GB" in out
-    assert "layers 0-29 + embedding" in out and "layers 30-59 + final norm, LM head" in out
+    assert (
+        "tensor parallel over 2 GPUs of 80.00 GB (modeldeck serve h2ogpt-oig-oasst1-falcon-40b --engine vllm "
+        "--tensor-parallel-size 2): per GPU 41.49 GB = weights 41.30 GB" in out
+    )
 
 
 def test_cli_json(run_cli):
@@ -297,7 +291,7 @@ def test_cli_json(run_cli):
     }
     assert report["total"] == max(report["running"], terms["loading"]["bytes"])
     fits = json.loads(run_cli("memory", "pythia-1.4b", "--device-memory", "24", "--json").stdout)
-    assert fits["fits"] and fits["split"] is None and fits["largest_context"] == 2048 and fits["largest_batch"] > 1
+    assert fits["fits"] and fits["tensor_parallel"] is None and fits["largest_context"] == 2048 and fits["largest_batch"] > 1
 
 
 @pytest.mark.parametrize(

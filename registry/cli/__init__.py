@@ -11,6 +11,7 @@
     serve       serve
     evaluate    eval (lm-evaluation-harness tasks over a card's revisions)
     export      export (a card as the files transformers, vLLM and Ollama read)
+    engines     engine install, engine where (another engine's environment: vLLM)
     new         card new (a starting card from a local checkpoint folder)
 
 The only registry code that imports the runtime (and torch), inside the commands that run a model (and convert).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import click
 
-from modeldeck.registry.cli import cards, checkpoint, evaluate, export, memory, new, run, serve, weights
+from modeldeck.registry.cli import cards, checkpoint, engines, evaluate, export, memory, new, run, serve, weights
 
 __all__ = ["main"]
 
@@ -31,6 +32,6 @@ def main() -> None:
     """modeldeck: model cards as validated data, contributed by plugins, run by one generic decoder."""
 
 
-for _module in (cards, new, run, checkpoint, weights, memory, serve, evaluate, export):
+for _module in (cards, new, run, checkpoint, weights, memory, serve, evaluate, export, engines):
     for _command in _module.COMMANDS:
         main.add_command(_command)

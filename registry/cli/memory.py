@@ -11,6 +11,7 @@ from modeldeck.registry import memory
 from modeldeck.registry.cli.common import load_registry, out, report_errors
 from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.decoder import BACKENDS, DTYPES
+from modeldeck.registry.schema import Card
 
 __all__ = ["COMMANDS"]
 
@@ -59,7 +60,7 @@ def memory_command(
     peak and total.
 
     With --device-memory: the largest context and batch that fit, or for a model that fits no single device,
-    a pipeline split over several. Estimates model modeldeck's runtime (see registry/memory.py); not included:
+    the tensor-parallel plan that runs it over several with vLLM (`modeldeck serve NAME --engine vllm`). Estimates model modeldeck's runtime (see registry/memory.py); not included:
     the process itself (Python, torch, the CUDA context) and allocator fragmentation.
     """
     reg = load_registry(quiet_problems=True)
@@ -85,15 +86,15 @@ def memory_command(
         report["largest_context"] = memory.largest_context(card, limit, **options)
         report["largest_batch"] = memory.largest_batch(card, limit, **options)
         gpu = plan.scenario.device == "cuda"
-        split = memory.pipeline_split(card, plan, limit) if gpu and plan.total > limit else None
-        report["split"] = split.to_json() if split else None
+        split = memory.tensor_parallel_plan(card, plan, limit) if gpu and plan.total > limit else None
+        report["tensor_parallel"] = split.to_json() if split else None
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    _print(plan, report)
+    _print(card, plan, report)
 
 
-def _print(plan: memory.Estimate, report: dict[str, Any]) -> None:
+def _print(card: Card, plan: memory.Estimate, report: dict[str, Any]) -> None:
     s = plan.scenario
     lines = [
         f"{plan.card}: {s.dtype} on {s.device}, attention {s.attention}; batch {s.batch}, context {s.context:,} "
@@ -118,18 +119,17 @@ def _print(plan: memory.Estimate, report: dict[str, Any]) -> None:
         )
         lines.append(f"largest context at batch {s.batch}: {f'{context:,}' if context else none}")
         lines.append(f"largest batch at context {s.context:,}: {f'{batch:,}' if batch else none}")
-        split = report["split"]
+        split = report["tensor_parallel"]
         if not report["fits"] and split:
             lines.append(
-                f"split over {split['gpus']} GPUs of {human_bytes(limit)}, consecutive layers per GPU "
-                "(a plan for a pipeline runner: modeldeck's runtime runs on one device):"
+                f"tensor parallel over {split['gpus']} GPUs of {human_bytes(limit)} (modeldeck serve {plan.card} "
+                f"--engine vllm --tensor-parallel-size {split['gpus']}): per GPU {human_bytes(split['per_gpu'])} = "
+                f"weights {human_bytes(split['weights'])} + KV cache {human_bytes(split['kv_cache'])} + activations "
+                f"{human_bytes(split['activations'])}, within vLLM's {split['utilization']:.0%} of its memory"
             )
-            for stage in split["stages"]:
-                holds = f" + {', '.join(stage['holds'])}" if stage["holds"] else ""
-                layers = f"layers {stage['first_layer']}-{stage['last_layer']}"
-                lines.append(f"  gpu {stage['gpu']}  {human_bytes(stage['bytes']):>12}  {layers}{holds}")
         elif not report["fits"] and s.device == "cuda":
-            lines.append("no split by layers fits: one layer with its activations needs more than one GPU")
+            sizes = ", ".join(map(str, memory.tensor_parallel_sizes(card.architecture)))
+            lines.append(f"no tensor-parallel size that splits this model evenly ({sizes}) fits GPUs of this size")
     for line in lines:
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 

@@ -62,16 +62,17 @@ def generation_options(command: F) -> F:
     return _apply(_GENERATION_OPTIONS, command)
 
 
-def load_model(name: str, options: dict[str, Any]) -> Any:
+def load_model(name: str, options: dict[str, Any], **engine: Any) -> Any:
     """The model of card NAME (an installed card or a card file), loaded with the load options, which are taken out
     of `options`.
 
     An unknown NAME or an invalid card file fails before torch is imported; `runtime.load` then reads NAME by the
-    same rule (`Registry.card_or_file`), so its errors name the card file."""
+    same rule (`Registry.card_or_file`), so its errors name the card file. `engine`: runtime.load's engine
+    keywords (engine, tensor_parallel_size, vllm_args)."""
     find_card(name)
     from modeldeck import runtime  # torch is imported only by commands that run a model
 
-    return runtime.load(name, **{key: options.pop(key) for key in _LOAD_KEYS})
+    return runtime.load(name, **{key: options.pop(key) for key in _LOAD_KEYS}, **engine)
 
 
 def overrides(options: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,19 @@ class PortError(ModeldeckError):
 )
 @click.option("--served-name", help="The model id clients use and /v1/models shows (default: the card's id).")
 @click.option(
+    "--engine",
+    type=click.Choice(["modeldeck", "vllm"]),
+    default="modeldeck",
+    show_default=True,
+    help="What runs the model: modeldeck's runtime, or vLLM in its environment (`modeldeck engine install vllm`).",
+)
+@click.option(
+    "--tensor-parallel-size",
+    type=click.IntRange(min=1),
+    help="--engine vllm: GPUs (CPU: ranks) the model is split over (default: the memory planner's).",
+)
+@click.option("--vllm-arg", "vllm_args", multiple=True, help="--engine vllm: one more argument for vLLM (repeatable).")
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=0),
     default=30.0,
@@ -72,12 +85,21 @@ def serve_command(name: str, **options: Any) -> None:
         ) from None
     find_card(name)  # an unknown name or an invalid card file fails here, before the port is bound
     host, port = options.pop("host"), options.pop("port")
-    with _bind(host, port) as sock:
-        model = load_model(name, options)  # torch is imported here
+    engine = {"engine": options.pop("engine"), "tensor_parallel_size": options.pop("tensor_parallel_size")}
+    engine["vllm_args"] = list(options.pop("vllm_args")) or None
+    with _bind(host, port) as sock, contextlib.ExitStack() as running:
+        model = load_model(name, options, **engine)  # torch is imported here
+        if hasattr(model, "close"):  # vLLM's server stops with the command
+            running.callback(model.close)
         url = _url(host, sock.getsockname()[1])
         dtype = str(model.dtype).removeprefix("torch.")
+        where = (
+            f"vLLM on {model.device}, tensor parallel {model.tensor_parallel_size}"
+            if model.engine == "vllm"
+            else model.device
+        )
         err.print(
-            f"serving {model.card.id} ({model.device}, {dtype}; up to {options['max_batch']} requests batched, "
+            f"serving {model.card.id} ({where}, {dtype}; up to {options['max_batch']} requests batched, "
             f"{options['max_queue']} queued) at {url}/v1",
             markup=False,
             soft_wrap=True,

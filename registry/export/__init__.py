@@ -7,7 +7,8 @@
 Where the checkpoint is on this machine (`weights=DIR`, the bundled folder, or the Hugging Face cache), its other
 files (config.json, the weights, the tokenizer) are hard-linked beside the exported ones, so the folder is a
 complete model that `transformers`, `vllm serve` and `ollama create` take as it is; `weights_mode="copy"` copies
-them instead (another file system), `"none"` leaves them out. Export writes into a staging folder next to the
+them instead (another file system), `"symlink"` links to them (a folder for this machine only: runtime/vllm.py's),
+`"none"` leaves them out. Export writes into a staging folder next to the
 target and moves it in whole: an error never leaves half an export, and existing files are replaced only with
 `force`.
 """
@@ -30,7 +31,7 @@ from modeldeck.registry.schema import Card
 __all__ = ["FORMATS", "ExportError", "ExportPlan", "WeightsMode", "plan", "write"]
 
 FORMATS = ("hf", "ollama")
-WeightsMode = Literal["link", "copy", "none"]
+WeightsMode = Literal["link", "copy", "symlink", "none"]
 
 
 _WHOLE_PROMPT_TOKENIZED = (
@@ -143,10 +144,13 @@ def write(export: ExportPlan, to: Path, *, force: bool = False) -> list[str]:
 def _bring(source: Path, target: Path, mode: WeightsMode) -> None:
     real = source.resolve()  # the Hugging Face cache holds symlinks to blobs; Ollama refuses links out of a folder
     if real.is_dir():
-        shutil.copytree(real, target) if mode == "copy" else _link_tree(real, target)
+        shutil.copytree(real, target) if mode == "copy" else _link_tree(real, target, mode)
         return
     if mode == "copy":
         shutil.copyfile(real, target)
+        return
+    if mode == "symlink":
+        target.symlink_to(real)
         return
     try:
         os.link(real, target)
@@ -158,7 +162,7 @@ def _bring(source: Path, target: Path, mode: WeightsMode) -> None:
         ) from None
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def _link_tree(source: Path, target: Path, mode: WeightsMode) -> None:
     target.mkdir()
     for child in source.iterdir():
-        _bring(child, target / child.name, "link")
+        _bring(child, target / child.name, mode)

@@ -1,0 +1,496 @@
+"""The vLLM engine: a card served by vLLM, in vLLM's own environment, behind modeldeck's `Model` and front end.
+
+    load(card, engine="vllm") ─► a folder: the checkpoint's files (symlinked; pickles converted first) and the
+                                 card's export (chat template, generation and tokenizer configs; registry/export)
+                              ─► VLLMServer: vLLM's OpenAI server on a free loopback port, in its own process
+                                 group (arguments: registry/engines/vllm.py), waited on until /health answers
+    VLLMModel.generate / chat / stream, `modeldeck serve --engine vllm` (runtime/server.py, unchanged)
+                              ─► VLLMBatcher.submit(prompt ids, Options) ─► Ticket, as ContinuousBatcher's
+        one streamed /v1/completions request per sequence: the prompt as token ids (rendered and tokenized by
+        modeldeck, so user text never becomes special tokens), every option explicit (a greedy request has
+        temperature 0); each token vLLM returns goes through runtime/generate.py's Sequence (stop strings, eos,
+        max_new_tokens, the card's strip rule), and the stream is closed, which makes vLLM abort the request, as
+        soon as the Sequence ends. Log-probabilities are vLLM's of the raw logits, as modeldeck's are.
+
+Not on this engine: prompt scoring (the server's echo and max_tokens 0; Model.score/logprobs), beam search (not
+on modeldeck's runtime either), per-request seeds giving modeldeck's own random draws (vLLM samples with its own
+generator: a seeded request repeats on vLLM, not across engines).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
+from pathlib import Path
+from typing import Any
+
+from modeldeck.registry import export, memory
+from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.engines import vllm as engine
+from modeldeck.registry.schema import Card
+from modeldeck.runtime.batching import (
+    EngineStoppedError,
+    QueueFullError,
+    Ticket,
+    TokenEvent,
+    check_logprobs,
+    final_event,
+    one_sequence,
+)
+from modeldeck.runtime.engine import CardModel, Conversation, Generation
+from modeldeck.runtime.generate import GenerationError, Options, Sequence, check_prompt
+from modeldeck.runtime.tokenizer import TextTokenizer
+
+__all__ = ["EngineStartError", "VLLMBatcher", "VLLMModel", "VLLMServer", "load_vllm"]
+
+log = logging.getLogger(__name__)
+_LIVE: weakref.WeakSet[VLLMServer] = weakref.WeakSet()  # started, not yet stopped: stopped at exit
+
+
+class EngineStartError(ModeldeckError):
+    """vLLM did not start: its exit code or timeout and the last lines it printed."""
+
+
+# --- the server process ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class VLLMServer:
+    """vLLM's OpenAI server as a child process group: start() waits until it answers, stop() ends every process
+    it started (vLLM runs an engine core and a worker per rank beside its API server)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int, log_file: Path):
+        self.command, self.env, self.port, self.log_file = command, env, port, log_file
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 600.0) -> None:
+        import httpx
+
+        with self.log_file.open("wb") as out:
+            self.process = subprocess.Popen(
+                self.command,
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() reaches the engine core and workers
+            )
+        _LIVE.add(self)
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                self.stop()
+                raise EngineStartError(f"vLLM exited with code {code} before it was ready; it printed:\n{self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EngineStartError(
+                    f"vLLM was not ready within {timeout:g} s (raise startup_timeout for large models); it printed:\n"
+                    f"{self.tail()}"
+                )
+            time.sleep(0.5)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines vLLM printed (its log)."""
+        try:
+            text = self.log_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no output)"
+        return "\n".join(text.rstrip().splitlines()[-lines:]) or "(no output)"
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL after `grace` seconds; waits for the server to exit."""
+        process = self.process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what is left of the group (workers that ignored SIGTERM)
+        process.wait()
+        _LIVE.discard(self)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_LIVE):
+        server.stop(grace=5.0)
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+
+def request_body(name: str, sequence: Sequence, logprobs: int | None) -> dict[str, Any]:
+    """One sequence as a streamed vLLM /v1/completions request: the prompt as token ids and every option given,
+    so that vLLM's defaults never decide. Stop strings are not sent: modeldeck's Sequence applies them (one
+    implementation for every engine) and closes the stream."""
+    opts = sequence.opts
+    body: dict[str, Any] = {
+        "model": name,
+        "prompt": sequence.prompt,
+        "max_tokens": opts.max_new_tokens,
+        "min_tokens": opts.min_new_tokens,
+        "repetition_penalty": opts.repetition_penalty,
+        "temperature": opts.temperature if opts.do_sample else 0.0,
+        "top_p": (opts.top_p or 1.0) if opts.do_sample else 1.0,
+        "top_k": (opts.top_k or 0) if opts.do_sample else 0,  # 0: no top-k
+        "ignore_eos": True,  # the card's eos ids instead of vLLM's idea of them:
+        "stop_token_ids": sorted(sequence.eos),  # vLLM keeps min_tokens by masking these
+        "stream": True,
+        "return_token_ids": True,
+    }
+    if opts.seed is not None:
+        body["seed"] = opts.seed
+    if logprobs is not None:
+        body |= {"logprobs": logprobs, "return_tokens_as_token_ids": True}
+    return body
+
+
+def _scored(choice: dict[str, Any], index: int, n: int) -> dict[str, Any]:
+    """TokenEvent's logprob and top_logprobs of token `index` of a chunk (vLLM names tokens "token_id:N")."""
+    found = choice.get("logprobs") or {}
+    logprob = found["token_logprobs"][index]
+    top = sorted(((int(k.split(":", 1)[1]), v) for k, v in found["top_logprobs"][index].items()), key=lambda t: -t[1])
+    return {"logprob": logprob, "top_logprobs": top[:n]}
+
+
+class VLLMBatcher:
+    """ContinuousBatcher's interface (submit -> Ticket, stats, start, stop) over a vLLM server, which does the
+    batching: up to `max_batch` requests stream at once, `max_queue` more wait, one more is QueueFullError."""
+
+    scores_prompts = False
+
+    def __init__(self, model: VLLMModel, max_batch: int = 8, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 0:
+            raise ModeldeckError(
+                f"max_batch={max_batch}, max_queue={max_queue}: max_batch must be at least 1 and max_queue at least 0"
+            )
+        self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self._pool = ThreadPoolExecutor(max_batch, thread_name_prefix="modeldeck-vllm")
+        self._lock = threading.Lock()
+        self._futures: set[Future[None]] = set()
+        self._tickets: set[Ticket] = set()
+        self._counts = {"running": 0, "waiting": 0, "completed": 0, "peak_running": 0}
+        self._stopping = False
+        self._abort: str | None = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {**self._counts, "max_batch": self.max_batch, "max_queue": self.max_queue}
+
+    def submit(
+        self, prompt_ids: list[int], options: dict[str, Any] | Options | None = None, logprobs: int | None = None
+    ) -> Ticket:
+        """Queue one request (Model.generate's keywords or resolved Options), checked here with modeldeck's
+        messages; its events come as vLLM streams its tokens."""
+        check_logprobs(logprobs)
+        opts = (
+            options
+            if isinstance(options, Options)
+            else self.model.options(**{"num_return_sequences": 1, **(options or {})})
+        )
+        one_sequence(opts)
+        sequence = self.model.sequence(list(prompt_ids), opts)
+        ticket = Ticket(sequence.prompt, opts, lambda: None, logprobs)
+        with self._lock:
+            if self._stopping:
+                raise EngineStoppedError("the engine is stopping and takes no new requests; submit to a running engine")
+            if (
+                self._counts["waiting"] >= self.max_queue
+                and self._counts["running"] + self._counts["waiting"] >= self.max_batch
+            ):
+                raise QueueFullError(
+                    f"the request queue is full: {self.max_queue} requests already wait for one of {self.max_batch} "
+                    "slots; retry later (or raise max_queue)"
+                )
+            self._counts["waiting"] += 1
+            self._tickets.add(ticket)
+            future = self._pool.submit(self._run, ticket, sequence)
+            self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return ticket
+
+    def start(self) -> None:
+        """Nothing to start: the server runs since load (ContinuousBatcher's interface)."""
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Take no new requests; let running and queued ones finish (drain, up to `timeout` s), or end them now
+        with finish_reason "error"."""
+        with self._lock:
+            self._stopping = True
+            futures = list(self._futures)
+        if not drain:
+            self._abort = "the engine shut down before this request finished (stopped without draining); retry it"
+        _, pending = wait_all(futures, timeout)
+        if pending:
+            self._abort = f"the engine shut down before this request finished (drain timeout of {timeout} s); retry it"
+        self._pool.shutdown(wait=True)
+
+    def _run(self, ticket: Ticket, sequence: Sequence) -> None:
+        with self._lock:
+            self._counts["waiting"] -= 1
+            self._counts["running"] += 1
+            self._counts["peak_running"] = max(self._counts["peak_running"], self._counts["running"])
+        try:
+            finish, error, last = self._stream(ticket, sequence)
+        except Exception as exc:  # a broken connection or a bug: this request fails, cleanly
+            log.exception("a vLLM request failed")
+            finish, error, last = "error", f"the vLLM server failed this request: {type(exc).__name__}: {exc}", {}
+        with self._lock:
+            self._counts["running"] -= 1
+            self._counts["completed"] += 1
+            self._tickets.discard(ticket)
+        event = final_event(sequence, finish, error, last)
+        ticket._publish(event, sequence.completion())
+
+    def _stream(self, ticket: Ticket, sequence: Sequence) -> tuple[str, str | None, dict[str, Any]]:
+        """Stream one request from vLLM into `sequence`: (finish reason, error, the last token's scores)."""
+        import httpx
+
+        body = request_body(self.model.served_names[0], sequence, ticket.logprobs)
+        n = ticket.logprobs or 0
+        with self.model.client.stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                return "error", f"vLLM refused the request: {_error_text(response)}", {}
+            for line in response.iter_lines():
+                if self._abort is not None:
+                    return "error", self._abort, {}
+                if ticket.cancelled:
+                    return "cancelled", None, {}
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: ") :])
+                if "error" in chunk:
+                    return "error", f"vLLM failed the request: {chunk['error'].get('message')}", {}
+                choice = chunk["choices"][0]
+                for index, token in enumerate(choice.get("token_ids") or []):
+                    scored = _scored(choice, index, n) if ticket.logprobs is not None else {}
+                    sequence.push(int(token))
+                    if sequence.finish is not None:
+                        return sequence.finish, None, scored  # leaving the block closes the stream: vLLM aborts
+                    ticket._publish(TokenEvent(sequence.delta, int(token), None, **scored))
+        _ = httpx  # the client raises httpx errors, handled by _run
+        return "length", None, {}  # vLLM stopped at max_tokens, which the Sequence counts the same
+
+
+def _error_text(response: Any) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:500]}"
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+
+class VLLMModel(CardModel):
+    """A card running on a vLLM server: Model's generate/chat/stream and the server's batcher (`batcher`), with
+    the card's prompt format, defaults and stop strings applied by modeldeck. close() (or the end of a `with`
+    block, or the interpreter) stops the server."""
+
+    engine = "vllm"
+    scores_prompts = False
+
+    def __init__(
+        self,
+        card: Card,
+        tokenizer: TextTokenizer,
+        server: VLLMServer,
+        served_names: list[str],
+        device: str,
+        dtype: str,
+        tensor_parallel_size: int,
+        folder: tempfile.TemporaryDirectory[str],
+    ):
+        import httpx
+
+        self.card, self.tokenizer, self.server, self.served_names = card, tokenizer, server, served_names
+        self.device, self.dtype, self.tensor_parallel_size = device, dtype, tensor_parallel_size
+        self.precision = f"vLLM's {dtype}"
+        self._folder = folder
+        self.client = httpx.Client(base_url=server.url, timeout=httpx.Timeout(None, connect=10.0))
+        self._own: VLLMBatcher | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"VLLMModel({self.card.id!r}, device={self.device}, dtype={self.dtype}, "
+            f"tensor_parallel_size={self.tensor_parallel_size}, url={self.server.url!r})"
+        )
+
+    def __enter__(self) -> VLLMModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the vLLM server and remove its model folder."""
+        if self._own is not None:
+            self._own.stop(drain=False)
+        self.client.close()
+        self.server.stop()
+        self._folder.cleanup()
+
+    def sequence(self, prompt_ids: list[int], opts: Options, choice: int = 0, strip: bool = True) -> Sequence:
+        """Model.sequence's checks and text; the random draws are vLLM's (no generator here)."""
+        arch = self.card.architecture
+        check_prompt(prompt_ids, arch.vocab_size, arch.context_length, opts.max_new_tokens)
+        return Sequence(prompt_ids, opts, self.tokenizer.eos_ids, self.text_stream(opts, strip))
+
+    def batcher(self, max_batch: int = 8, max_queue: int = 64) -> VLLMBatcher:
+        return VLLMBatcher(self, max_batch=max_batch, max_queue=max_queue)
+
+    def _submitter(self) -> VLLMBatcher:
+        if self._own is None:
+            self._own = VLLMBatcher(self, max_batch=64, max_queue=4096)
+        return self._own
+
+    def stream(
+        self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
+    ) -> Iterator[str]:
+        opts = self.options(**options)
+        if opts.num_return_sequences != 1:
+            raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
+        ticket = self._submitter().submit(self.encode(prompt, system, raw), opts)
+        try:
+            for event in ticket.events():
+                if event.error:
+                    raise ModeldeckError(event.error)
+                if event.text:
+                    yield event.text
+        finally:
+            ticket.cancel()
+
+    def _run(
+        self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
+    ) -> list[Generation]:
+        if not prompts:
+            raise GenerationError("no prompts given", "prompt", "invalid_prompt")
+        opts = self.options(**options)
+        n = opts.num_return_sequences
+        one = opts.model_copy(update={"num_return_sequences": 1})
+        seeded = [one if opts.seed is None else one.model_copy(update={"seed": opts.seed + i}) for i in range(n)]
+        encoded = [self.encode(p, system, raw) for p in prompts]
+        tickets = [self._submitter().submit(ids, seeded[i]) for ids in encoded for i in range(n)]
+        completions = [t.result() for t in tickets]
+        for ticket in tickets:
+            if ticket.error:
+                raise ModeldeckError(ticket.error)
+        return self._generations(prompts, system, raw, completions, n)
+
+
+# --- load ------------------------------------------------------------------------------------------
+
+
+def _model_folder(card: Card, directory: Path, tokenizer: TextTokenizer, allow_pickle: bool, into: Path) -> Path:
+    """The folder vLLM reads: the checkpoint's files (symlinked; a pickle-only checkpoint converted to safetensors
+    first, which needs allow_pickle) with the card's export over them, and a tokenizer.json (modeldeck's
+    conversion, for a SentencePiece-only checkpoint)."""
+    if not any(directory.glob("*.safetensors")):
+        from modeldeck.runtime.convert import convert_checkpoint
+
+        converted = into / "converted"
+        convert_checkpoint(directory, converted, allow_pickle=allow_pickle)
+        directory = converted
+    folder = into / "model"
+    export.write(export.plan(card, ["hf"], weights=directory, weights_mode="symlink"), folder)
+    if not (folder / "tokenizer.json").exists():
+        tokenizer.backend.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def _tensor_parallel_size(card: Card, device: str, dtype: str, given: int | None) -> int:
+    """The given size, else 1 on the CPU, else the fewest GPUs of this machine's size that hold the card
+    (registry/memory.py tensor_parallel_plan)."""
+    if given is not None:
+        return given
+    if device == "cpu":
+        return 1
+    import torch
+
+    count = torch.cuda.device_count()
+    size = torch.cuda.get_device_properties(0).total_memory
+    plan_dtype = None if dtype == "auto" else dtype
+    estimate = memory.estimate(card, dtype=plan_dtype or "bfloat16", device="cuda")
+    plan = memory.tensor_parallel_plan(card, estimate, size)
+    if plan is None or plan.gpus > count:
+        need = f"{plan.gpus} GPUs" if plan else "more GPUs than any even split allows"
+        raise engine.EngineError(
+            f"card {card.id!r} needs {need} of {size / 1e9:.0f} GB for vLLM's tensor parallelism; this machine has "
+            f"{count} (see `modeldeck memory {card.id} --device-memory {size / 1e9:.0f}`)"
+        )
+    return plan.gpus
+
+
+def load_vllm(
+    card: Card,
+    directory: Path,
+    tokenizer: TextTokenizer,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    tensor_parallel_size: int | None = None,
+    allow_pickle: bool = False,
+    served_names: list[str] | None = None,
+    vllm_args: list[str] | None = None,
+    startup_timeout: float = 600.0,
+) -> VLLMModel:
+    """Start vLLM on the card's checkpoint in `directory` (runtime.load(card, engine="vllm") calls this)."""
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise engine.EngineError(f"--device {device}: the vLLM engine runs on cpu or cuda (all of a machine's GPUs)")
+    dtype = dtype or card.dtype
+    tp = _tensor_parallel_size(card, device, dtype, tensor_parallel_size)
+    engine.check_card(card, tp, device)  # type: ignore[arg-type]
+    python = engine.find_python()
+    scratch = tempfile.TemporaryDirectory(prefix=f"modeldeck-vllm-{card.id}-")
+    try:
+        folder = _model_folder(card, directory, tokenizer, allow_pickle, Path(scratch.name))
+        port = free_port()
+        names = list(dict.fromkeys(served_names or [card.id, *card.aliases]))
+        command = engine.server_command(
+            python, card, folder, port=port, dtype=dtype, tensor_parallel_size=tp, served_names=names,
+            extra=vllm_args or [],
+        )  # fmt: skip
+        kv = memory.estimate(card, dtype="float32", batch=16, device="cpu").kv_cache.bytes
+        env = engine.server_env(card, tp, device, kv)  # type: ignore[arg-type]
+        server = VLLMServer(command, env, port, Path(scratch.name) / "vllm.log")
+        log.info("starting vLLM: %s", " ".join(command))
+        server.start(startup_timeout)
+    except BaseException:
+        scratch.cleanup()
+        raise
+    return VLLMModel(card, tokenizer, server, names, device, dtype, tp, scratch)
