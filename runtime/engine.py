@@ -465,7 +465,8 @@ def load(
     if engine == "vllm":  # before any weight is fetched: the card, the split and the environment
         from modeldeck.registry.engines.vllm import check_card, find_python
 
-        check_card(resolved, tensor_parallel_size or 1, "cuda" if str(device).startswith("cuda") else "cpu")
+        device = str(device) if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
+        check_card(resolved, tensor_parallel_size or 1, "cuda" if device.startswith("cuda") else "cpu")
         find_python()
     from modeldeck.registry.weights import resolve_weights
 
@@ -481,7 +482,7 @@ def load(
         require_card_match(tokenizer, directory, origin)
         names = [resolved.id, *resolved.aliases]
         return load_vllm(  # type: ignore[return-value]
-            resolved, directory, tokenizer, device=None if device is None else str(device), dtype=_dtype_name(dtype),
+            resolved, directory, tokenizer, device=str(device), dtype=_dtype_name(dtype),
             tensor_parallel_size=tensor_parallel_size, allow_pickle=allow_pickle, served_names=names,
             vllm_args=vllm_args,
         )  # fmt: skip

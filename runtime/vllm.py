@@ -61,7 +61,11 @@ _LIVE: weakref.WeakSet[VLLMServer] = weakref.WeakSet()  # started, not yet stopp
 
 
 class EngineStartError(ModeldeckError):
-    """vLLM did not start: its exit code or timeout and the last lines it printed."""
+    """vLLM did not start: its exit code or timeout and the last lines it printed. `port` and `pid` (its process
+    group, ended by then) say what it held."""
+
+    port: int = 0
+    pid: int = 0
 
 
 # --- the server process ------------------------------------------------------------------------------
@@ -99,18 +103,23 @@ class VLLMServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                self.stop()
-                raise EngineStartError(f"vLLM exited with code {code} before it was ready; it printed:\n{self.tail()}")
+                self._fail(f"vLLM exited with code {code} before it was ready; it printed:\n{self.tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     return
             if time.monotonic() > deadline:
-                self.stop()
-                raise EngineStartError(
-                    f"vLLM was not ready within {timeout:g} s (raise startup_timeout for large models); it printed:\n"
-                    f"{self.tail()}"
+                self._fail(
+                    f"vLLM was not ready within {timeout:g} s (large models take longer); it printed:\n{self.tail()}"
                 )
             time.sleep(0.5)
+
+    def _fail(self, message: str) -> None:
+        """Stop what was started (the port is free again), then raise."""
+        assert self.process is not None
+        self.stop()
+        error = EngineStartError(message)
+        error.port, error.pid = self.port, self.process.pid
+        raise error
 
     @property
     def running(self) -> bool:
@@ -136,7 +145,27 @@ class VLLMServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # what is left of the group (workers that ignored SIGTERM)
         process.wait()
+        deadline = time.monotonic() + 10
+        while group_alive(process.pid) and time.monotonic() < deadline:  # SIGKILL lands asynchronously
+            time.sleep(0.05)
         _LIVE.discard(self)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still runs (zombies, waiting for a parent to reap them, do not)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 @atexit.register

@@ -291,7 +291,12 @@ def test_cli_json(run_cli):
     }
     assert report["total"] == max(report["running"], terms["loading"]["bytes"])
     fits = json.loads(run_cli("memory", "pythia-1.4b", "--device-memory", "24", "--json").stdout)
-    assert fits["fits"] and fits["tensor_parallel"] is None and fits["largest_context"] == 2048 and fits["largest_batch"] > 1
+    assert (
+        fits["fits"]
+        and fits["tensor_parallel"] is None
+        and fits["largest_context"] == 2048
+        and fits["largest_batch"] > 1
+    )
 
 
 @pytest.mark.parametrize(

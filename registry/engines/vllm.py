@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -220,11 +221,11 @@ def install(env: Path, device: Device, say: Callable[[str], None] = print, force
         shutil.rmtree(env)
     try:
         for step in install_steps(env, device):
-            say("$ " + " ".join(step))
+            say("$ " + shlex.join(step))
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode and step[-len(BROKEN_EXTRAS) :] != list(BROKEN_EXTRAS):
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-                raise EngineError(f"installing vLLM failed at `{' '.join(step)}` (exit {done.returncode}):\n{tail}")
+                raise EngineError(f"installing vLLM failed at `{shlex.join(step)}` (exit {done.returncode}):\n{tail}")
             if step[-1].startswith("import vllm"):
                 say(done.stdout.strip())
     except BaseException:
