@@ -253,10 +253,7 @@ class VLLMBatcher:
         with self._lock:
             if self._stopping:
                 raise EngineStoppedError("the engine is stopping and takes no new requests; submit to a running engine")
-            if (
-                self._counts["waiting"] >= self.max_queue
-                and self._counts["running"] + self._counts["waiting"] >= self.max_batch
-            ):
+            if self._counts["running"] + self._counts["waiting"] >= self.max_batch + self.max_queue:
                 raise QueueFullError(
                     f"the request queue is full: {self.max_queue} requests already wait for one of {self.max_batch} "
                     "slots; retry later (or raise max_queue)"
@@ -303,8 +300,6 @@ class VLLMBatcher:
 
     def _stream(self, ticket: Ticket, sequence: Sequence) -> tuple[str, str | None, dict[str, Any]]:
         """Stream one request from vLLM into `sequence`: (finish reason, error, the last token's scores)."""
-        import httpx
-
         body = request_body(self.model.served_names[0], sequence, ticket.logprobs)
         n = ticket.logprobs or 0
         with self.model.client.stream("POST", "/v1/completions", json=body) as response:
@@ -328,7 +323,6 @@ class VLLMBatcher:
                     if sequence.finish is not None:
                         return sequence.finish, None, scored  # leaving the block closes the stream: vLLM aborts
                     ticket._publish(TokenEvent(sequence.delta, int(token), None, **scored))
-        _ = httpx  # the client raises httpx errors, handled by _run
         return "length", None, {}  # vLLM stopped at max_tokens, which the Sequence counts the same
 
 

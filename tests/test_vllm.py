@@ -110,6 +110,36 @@ def test_a_machine_with_too_few_gpus_is_told_how_many(monkeypatch: pytest.Monkey
         runner._tensor_parallel_size(registry.get(FALCON_40B), "cuda", "bfloat16", None)
 
 
+def test_each_request_sends_vllm_every_option_and_the_cards_eos() -> None:
+    pytest.importorskip("torch")
+    from modeldeck import runtime
+    from modeldeck.runtime.generate import Sequence
+    from modeldeck.runtime.vllm import request_body
+
+    model = runtime.load("tiny-neox", device="cpu")
+    greedy = model.options(max_new_tokens=7, min_new_tokens=2, repetition_penalty=1.3)
+    body = request_body("tiny-neox", Sequence([5, 6], greedy, {0}), None)
+    assert body == {
+        "model": "tiny-neox",
+        "prompt": [5, 6],
+        "max_tokens": 7,
+        "min_tokens": 2,
+        "repetition_penalty": 1.3,
+        "temperature": 0.0,  # the card's do_sample false: vLLM's temperature 0
+        "top_p": 1.0,
+        "top_k": 0,
+        "ignore_eos": True,
+        "stop_token_ids": [0],  # the card's eos, kept out of the first min_tokens by vLLM
+        "stream": True,
+        "return_token_ids": True,
+    }
+    sampled = model.options(temperature=0.7, top_k=5, top_p=0.9, seed=3)
+    body = request_body("tiny-neox", Sequence([5], sampled, {0}), 2)
+    assert (body["temperature"], body["top_k"], body["top_p"], body["seed"]) == (0.7, 5, 0.9, 3)
+    assert body["logprobs"] == 2 and body["return_tokens_as_token_ids"] is True
+    assert "stop" not in body  # stop strings stay modeldeck's (runtime/generate.py Sequence)
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 
