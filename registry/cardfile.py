@@ -20,7 +20,19 @@ __all__ = ["card_from_data", "load_card_file", "read_yaml"]
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one) and aliases (`*name`): a few
+    kilobytes of nested aliases expand to gigabytes (a "billion laughs"), and a card needs none."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"found the alias *{event.anchor}: card files may not use YAML aliases; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
@@ -39,7 +51,22 @@ class _StrictLoader(yaml.SafeLoader):
 
 def read_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
     """Parse YAML text; returns the data and its node tree (for line numbers)."""
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)
+    except yaml.reader.ReaderError as exc:  # a control character (NUL, ESC, ...): text YAML does not allow
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        at = text.count("\n", 0, exc.position) + 1
+        raise CardError(
+            [
+                Diagnostic(
+                    "error",
+                    f"the file holds the control character U+{code:04X} at line {at}, which YAML does not allow",
+                    where,
+                    at,
+                    hint="remove it: a card file is plain text",
+                )
+            ]
+        ) from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

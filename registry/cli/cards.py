@@ -13,7 +13,7 @@ from modeldeck import registry
 from modeldeck.registry.checks import check_card, check_tokenizer
 from modeldeck.registry.cli import display
 from modeldeck.registry.cli.checkpoint import weights_diagnostics
-from modeldeck.registry.cli.common import err, find_card, load_registry, out, report_errors
+from modeldeck.registry.cli.common import err, find_card, load_registry, out, report_errors, styled
 from modeldeck.registry.diagnostics import CardError, Diagnostic
 from modeldeck.registry.prompting import PromptError, render_prompt
 from modeldeck.registry.schema import Card
@@ -137,10 +137,9 @@ def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None, weights: 
         for d in found:
             (err if d.severity == "error" else out).print(d.render(), markup=False, soft_wrap=True)
         warnings = sum(d.severity == "warning" for d in found)
-        verdict = "[green]valid[/green]" if errors == 0 else "[red]invalid[/red]"
+        verdict = ("valid", "green") if errors == 0 else ("invalid", "red")
         out.print(
-            f"{len(checked)} card(s) checked: {verdict} ({errors} error(s), {warnings} warning(s))",
-            markup=True,
+            styled(f"{len(checked)} card(s) checked: ", verdict, f" ({errors} error(s), {warnings} warning(s))"),
             soft_wrap=True,
         )
     sys.exit(1 if errors else 0)

@@ -11,20 +11,66 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, ConsoleRenderable, RenderableType, RenderHook, RenderResult
+from rich.segment import Segment
+from rich.text import Text
 
 from modeldeck import registry
 from modeldeck.registry.catalog import Registry
 from modeldeck.registry.diagnostics import ModeldeckError, command_line
 from modeldeck.registry.schema import Card
 
-__all__ = ["F", "err", "find_card", "load_registry", "out", "report_errors"]
+__all__ = ["F", "err", "escape_controls", "find_card", "load_registry", "out", "report_errors", "styled"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Piped output is not cut to 80 columns: tables stay one row per card for grep and tests.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+# Characters that act on a terminal rather than show: C0/C1 controls (ESC starts escape sequences: colours, titles,
+# clearing the screen) but newline and tab, DEL, and the bidirectional overrides that reorder what is read.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
+_CONTROLS |= {c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape (\\x1b): it shows, it does not act."""
+    return text.translate(_CONTROLS)
+
+
+class _Escaped:
+    """A renderable whose text segments have their control characters escaped (rich's own codes untouched)."""
+
+    def __init__(self, renderable: RenderableType):
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            if segment.control or not segment.text:
+                yield segment
+            else:
+                yield Segment(escape_controls(segment.text), segment.style)
+
+
+class _EscapeControls(RenderHook):
+    def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
+        return [_Escaped(r) for r in renderables]
+
+
+def _console(stderr: bool) -> Console:
+    """The one output policy: user and plugin text is never parsed as markup (no console markup, no emoji codes;
+    colour comes from `styled` Text) and its control characters are escaped wherever it is shown. Piped output is
+    not cut to 80 columns: tables stay one row per card for grep and tests."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    console = Console(stderr=stderr, markup=False, emoji=False, highlight=False, width=None if tty else 120)
+    console.push_render_hook(_EscapeControls())
+    return console
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from plain strings and (string, style) pairs, e.g. styled(("error:", "red"), " ", message)."""
+    return Text.assemble(*parts)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 def report_errors(command: F) -> F:
@@ -38,7 +84,7 @@ def report_errors(command: F) -> F:
             with command_line():
                 return command(*args, **kwargs)
         except ModeldeckError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+            err.print(styled(("error:", "red"), f" {exc}"), soft_wrap=True)
             sys.exit(1)
         except click.ClickException:  # a usage error: click prints it with the usage line
             raise
@@ -49,9 +95,11 @@ def report_errors(command: F) -> F:
             if os.environ.get("MODELDECK_DEBUG"):
                 raise
             err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {exc}\n"
-                "This is a bug in modeldeck. Run again with MODELDECK_DEBUG=1 for the traceback and report it.",
-                markup=True,
+                styled(
+                    ("internal error:", "red"),
+                    f" {type(exc).__name__}: {exc}\n"
+                    "This is a bug in modeldeck. Run again with MODELDECK_DEBUG=1 for the traceback and report it.",
+                ),
                 soft_wrap=True,
             )
             sys.exit(2)
@@ -64,9 +112,10 @@ def load_registry(quiet_problems: bool = False) -> Registry:
     problems = reg.errors()
     if problems and not quiet_problems:
         err.print(
-            f"[yellow]warning:[/yellow] {len(problems)} problem(s) loading plugins; the other cards are usable. "
-            "Details: `modeldeck validate`",
-            markup=True,
+            styled(
+                ("warning:", "yellow"),
+                f" {len(problems)} problem(s) loading plugins; the other cards are usable. Details: `modeldeck validate`",
+            ),
             soft_wrap=True,
         )
         for d in problems:

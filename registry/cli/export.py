@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from modeldeck.registry import export as exporting
 from modeldeck.registry.cli.common import find_card, out, report_errors
@@ -46,10 +45,10 @@ def export_command(
     plan = exporting.plan(card, formats, weights=weights, revision=revision, weights_mode=mode)
     written = exporting.write(plan, to, force=force)
     verb = {"link": "linked", "copy": "copied", "none": ""}[mode]
-    out.print(f"exported {escape(card.id)} to {escape(str(to))}:", markup=True)
+    out.print(f"exported {card.id} to {to}:")
     for name_ in written:
         origin = f"  ({verb} from the checkpoint)" if name_ in plan.checkpoint else ""
-        out.print(f"  {escape(name_)}{origin}", markup=False)
+        out.print(f"  {name_}{origin}")
     for target, dropped in plan.dropped.items():
         if dropped:
             out.print(f"not expressible in {target}:", markup=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from modeldeck.registry.cardgen import new_card
-from modeldeck.registry.cli.common import err, load_registry, out, report_errors
+from modeldeck.registry.cli.common import err, load_registry, out, report_errors, styled
 from modeldeck.registry.diagnostics import ModeldeckError
 
 __all__ = ["COMMANDS"]
@@ -66,7 +66,7 @@ def new(directory: Path, out_path: Path | None, force: bool, layout: str | None,
         raise ModeldeckError(f"{out_path} exists: not overwritten (pass --force to replace it)")
     made = new_card(directory, load_registry(), layout=layout, card_id=card_id)
     for warning in made.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}", markup=True, soft_wrap=True, highlight=False)
+        err.print(styled(("warning:", "yellow"), f" {warning}"), soft_wrap=True)
     if out_path is None:
         click.echo(made.text, nl=False)
         return

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from modeldeck.registry.cli.common import err, out, report_errors
+from modeldeck.registry.cli.common import err, out, report_errors, styled
 from modeldeck.registry.cli.options import generation_options, load_model, load_options, overrides
 
 __all__ = ["COMMANDS"]
@@ -71,7 +71,7 @@ def generate(name: str, prompt: str, stream: bool, as_json: bool, verbose: bool,
         return
     for i, completion in enumerate(result.completions):
         if len(result.completions) > 1:
-            out.print(f"[bold]--- sequence {i + 1}[/bold]", markup=True)
+            out.print(styled((f"--- sequence {i + 1}", "bold")))
         click.echo(completion.text)
 
 

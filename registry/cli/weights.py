@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from modeldeck.registry.cli.common import err, find_card, out, report_errors
+from modeldeck.registry.cli.common import err, find_card, out, report_errors, styled
 from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.weights import (
     FileCheck,
@@ -98,7 +98,7 @@ def _check_table(checks: list[FileCheck]) -> Table:
             digest += f" (expected {(c.expected_sha256 or '')[:16]})"
         elif c.status == "wrong size":
             digest = "not computed"
-        status = f"[{colours.get(c.status, 'red')}]{c.status}[/]"
+        status = styled((c.status, colours.get(c.status, "red")))
         table.add_row(c.path, status, size, digest)
     return table
 
