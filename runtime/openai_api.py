@@ -32,6 +32,7 @@ Errors have OpenAI's body {"error": {"message", "type", "param", "code"}}: 400 i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,7 @@ class _Common(BaseModel):
     user: str | None = None
     # the card's own options
     top_k: int | None = Field(None, ge=-1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)  # beyond: logits overflow to inf/NaN
     min_tokens: int | None = Field(None, ge=0)
     do_sample: bool | None = None
 
@@ -145,13 +146,18 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_request(model: type[BaseModel], body: bytes) -> Any:
+def parse_request(model: type[BaseModel], body: bytes, check: Callable[[Any], None] | None = None) -> Any:
+    """The request `model` from a JSON body; `check` sees the parsed JSON first (runtime/guard.py check_json)."""
     try:
         data = json.loads(body, parse_constant=_no_constant)  # NaN and Infinity are not JSON
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests too deeply to read", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    if check is not None:
+        check(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -25,6 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -39,6 +40,7 @@ from modeldeck.registry.prompting import PromptError
 from modeldeck.runtime.batching import EngineStoppedError, QueueFullError, Ticket, TokenEvent
 from modeldeck.runtime.engine import CardModel, Model
 from modeldeck.runtime.generate import ContextLengthError, GenerationError, check_prompt
+from modeldeck.runtime.guard import Limits, check_json, check_request, read_body, require_api_key
 from modeldeck.runtime.openai_api import (
     APIError,
     ChatRequest,
@@ -421,10 +423,17 @@ def create_app(
     max_queue: int = 64,
     served_name: str | None = None,
     drain_timeout: float = 30.0,
+    api_key: str | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
-    """The app; its lifespan starts the batcher and, at shutdown, stops admitting and drains in-flight requests."""
+    """The app; its lifespan starts the batcher and, at shutdown, stops admitting and drains in-flight requests.
+    `api_key`: every endpoint but /health requires it (runtime/guard.py, as `limits` are)."""
+    limits = limits or Limits()
     batcher = model.batcher(max_batch=max_batch, max_queue=max_queue)
     service = Service(model, batcher, served_name)
+    # Rendering and tokenizing run off the event loop, one request at a time (the tokenizer's special-token
+    # switch is shared state): a long prompt delays only the requests behind it in this queue.
+    encoder = ThreadPoolExecutor(1, thread_name_prefix="modeldeck-encode")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -434,9 +443,12 @@ def create_app(
         finally:
             service.stopping = True
             await asyncio.to_thread(batcher.stop, drain=True, timeout=drain_timeout)
+            encoder.shutdown(wait=False)
 
     app = FastAPI(title="modeldeck serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service, app.state.batcher = service, batcher
+    if api_key:
+        require_api_key(app, api_key)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -485,8 +497,9 @@ def create_app(
 
     async def complete(request: Request, kind: type[CompletionRequest | ChatRequest]) -> Any:
         try:
-            req = parse_request(kind, await request.body())
-            tickets, prompts = service.submit(req)
+            req = parse_request(kind, await read_body(request, limits), lambda data: check_json(data, limits))
+            check_request(req, limits, batcher.max_batch + batcher.max_queue)
+            tickets, prompts = await asyncio.get_running_loop().run_in_executor(encoder, service.submit, req)
             job = _Request(service, req, tickets, prompts)
             try:
                 await job.prepare()
@@ -548,10 +561,17 @@ def serve(
     shutdown_timeout: float = 30.0,
     log_level: str = "info",
     sockets: list[socket.socket] | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Serve `model` until SIGINT/SIGTERM; in-flight requests get `shutdown_timeout` seconds to finish. `sockets`:
-    sockets already bound (and listening) to serve on instead of binding host:port."""
+    sockets already bound (and listening) to serve on instead of binding host:port. `api_key`: required by every
+    endpoint but /health."""
     app = create_app(
-        model, max_batch=max_batch, max_queue=max_queue, served_name=served_name, drain_timeout=shutdown_timeout
+        model,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        served_name=served_name,
+        drain_timeout=shutdown_timeout,
+        api_key=api_key,
     )
     make_server(app, host, port, shutdown_timeout, log_level=log_level).run(sockets=sockets)

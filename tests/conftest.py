@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,9 +11,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -314,3 +318,60 @@ def run_python_without(blocked: tuple[str, ...], body: str, timeout: int = 120) 
     check = '\nleaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)\nassert not leaked, leaked\n'
     script = prelude + textwrap.dedent(body) + check
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+
+
+# --- a live server -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Served:
+    url: str
+    app: Any
+    server: Any
+    thread: threading.Thread
+
+    def client(self) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def health(self) -> dict[str, Any]:
+        import httpx
+
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+    def wait_for(self, condition: Callable[[dict[str, Any]], bool], seconds: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            health = self.health()
+            if condition(health):
+                return health
+            time.sleep(0.02)
+        raise AssertionError(f"condition not reached within {seconds} s: {health}")
+
+
+@contextlib.contextmanager
+def serving(model: Any, **options: Any) -> Iterator[Served]:
+    """create_app + uvicorn on a free loopback port, in a thread; shut down gracefully at the end."""
+    from modeldeck.runtime.server import create_app, make_server
+
+    app = create_app(model, **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = make_server(app, "127.0.0.1", sock.getsockname()[1], shutdown_timeout=20, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", app, server, thread)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def serve_app() -> Callable[..., Any]:
+    """serving(model, **create_app options) as a fixture, for tests outside this folder's modules."""
+    return serving

@@ -3,7 +3,6 @@ the client cannot send): results equal to the runtime's, streaming, errors, batc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -15,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -26,51 +24,10 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from modeldeck import runtime  # noqa: E402
-from modeldeck.runtime.server import create_app, make_server  # noqa: E402
+
+from .conftest import Served, serving  # noqa: E402
 
 PROMPT = "The for statement"
-
-
-@dataclass
-class Served:
-    url: str
-    app: Any
-    server: Any
-    thread: threading.Thread
-
-    def client(self) -> Any:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
-
-    def wait_for(self, condition: Callable[[dict[str, Any]], bool], seconds: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            health = self.health()
-            if condition(health):
-                return health
-            time.sleep(0.02)
-        raise AssertionError(f"condition not reached within {seconds} s: {health}")
-
-
-@contextlib.contextmanager
-def serving(model: Any, **options: Any) -> Iterator[Served]:
-    """create_app + uvicorn on a free loopback port, in a thread; shut down gracefully at the end."""
-    app = create_app(model, **options)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = make_server(app, "127.0.0.1", sock.getsockname()[1], shutdown_timeout=20, log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", app, server, thread)
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")

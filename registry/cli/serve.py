@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import signal
 import socket
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-from modeldeck.registry.cli.common import err, find_card, report_errors
+from modeldeck.registry.cli.common import err, find_card, report_errors, styled
 from modeldeck.registry.cli.options import load_model, load_options
 from modeldeck.registry.diagnostics import ModeldeckError
 
@@ -63,6 +64,11 @@ class PortError(ModeldeckError):
     help="Seconds in-flight requests get to finish on Ctrl-C / SIGTERM before they are cancelled.",
 )
 @click.option(
+    "--api-key",
+    envvar="MODELDECK_API_KEY",
+    help="Require 'Authorization: Bearer KEY' on every endpoint but /health (or set MODELDECK_API_KEY).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -81,10 +87,19 @@ def serve_command(name: str, **options: Any) -> None:
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise ModeldeckError(
-            f"modeldeck serve needs fastapi and uvicorn ({exc}); install the serve extra: pip install 'modeldeck\\[serve]'"
+            f"modeldeck serve needs fastapi and uvicorn ({exc}); install the serve extra: pip install 'modeldeck[serve]'"
         ) from None
     find_card(name)  # an unknown name or an invalid card file fails here, before the port is bound
     host, port = options.pop("host"), options.pop("port")
+    if not options["api_key"] and not _loopback(host):
+        err.print(
+            styled(
+                ("warning:", "yellow"),
+                f" serving on {host} without --api-key: anyone who can reach this address can use the model "
+                "(set --api-key or MODELDECK_API_KEY)",
+            ),
+            soft_wrap=True,
+        )
     engine = {"engine": options.pop("engine"), "tensor_parallel_size": options.pop("tensor_parallel_size")}
     engine["vllm_args"] = list(options.pop("vllm_args")) or None
     with _bind(host, port) as sock, contextlib.ExitStack() as running:
@@ -146,6 +161,13 @@ def _bind_failure(host: str, port: int, exc: OSError) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot serve on {host}: it is not an address of this machine; give one with --host (0.0.0.0: all)"
     return f"cannot listen on {where}: {exc.strerror}; choose another --host or --port"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _url(host: str, port: int) -> str:
