@@ -67,7 +67,7 @@ class Registry:
         self.diagnostics: list[Diagnostic] = list(loaded.diagnostics)
         self._formats = self._unique(loaded.prompt_formats, "prompt format", lambda f: f.name)
         self._layouts = self._unique(loaded.checkpoint_layouts, "checkpoint layout", lambda lay: lay.name)
-        self._entries = [e for e in map(self._resolve, loaded.cards) if e is not None]
+        self._entries = self._keep_first_party_names([e for e in map(self._resolve, loaded.cards) if e is not None])
         self._index = self._build_index()
 
     @classmethod
@@ -91,6 +91,9 @@ class Registry:
             raise CardNotFoundError(name, self.suggest(name))
         best = min(rank for rank, _ in claims)
         winners = list({id(e): e for rank, e in claims if rank == best}.values())
+        own = [w for w in winners if w.plugin.first_party]
+        if len(winners) > 1 and len(own) == 1:  # modeldeck's own card keeps a name a third party also claims
+            return own[0]
         if len(winners) > 1:
             raise CardConflictError(name, winners)
         return winners[0]
@@ -189,23 +192,50 @@ class Registry:
     def _unique(
         self, contributions: list[Contribution], what: str, key: Callable[[Any], str]
     ) -> dict[str, Contribution]:
+        """One contribution per name: modeldeck's own first (a third party cannot replace them), then by plugin."""
         chosen: dict[str, Contribution] = {}
-        for c in contributions:
+        for c in sorted(contributions, key=lambda c: not c.plugin.first_party):
             name = key(c.item)
             if name in chosen:
                 first = chosen[name]
+                kept = "modeldeck's own is used" if first.plugin.first_party else "the first is used"
                 self.diagnostics.append(
                     Diagnostic(
                         "error",
                         f"{what} {name!r} is registered by plugin {first.plugin.label} and by plugin {c.plugin.label}; "
-                        f"the first is used",
+                        f"{kept}",
                         f"plugin {c.plugin.label}",
                         hint=f"rename one of them, or uninstall one plugin (pip uninstall {c.plugin.distribution})",
+                        plugin=c.plugin.label,
                     )
                 )
                 continue
             chosen[name] = c
         return chosen
+
+    def _keep_first_party_names(self, entries: list[Entry]) -> list[Entry]:
+        """Third-party cards whose id is the id or an alias of one of modeldeck's own cards are left out (an error
+        blamed on them): a plugin cannot disable or stand in for a first-party card. (An alias of theirs that
+        collides keeps losing the name, as `entry` decides.)"""
+        owned = {n.lower(): e for e in entries if e.plugin.first_party for n in (e.card.id, *e.card.aliases)}
+        kept = []
+        for entry in entries:
+            taken = [entry.card.id] if entry.card.id.lower() in owned else []
+            if entry.plugin.first_party or not taken:
+                kept.append(entry)
+                continue
+            self.diagnostics.append(
+                Diagnostic(
+                    "error",
+                    f"card {entry.card.id!r} from plugin {entry.plugin.label} claims the name {taken[0]!r} of "
+                    f"modeldeck's own card {owned[taken[0].lower()].card.id!r}; the plugin's card is left out",
+                    entry.where,
+                    field="id",
+                    hint=f"give the card another id and aliases, or uninstall {entry.plugin.distribution}",
+                    plugin=entry.plugin.label,
+                )
+            )
+        return kept
 
     def _build_index(self) -> dict[str, list[tuple[int, Entry]]]:
         index: dict[str, list[tuple[int, Entry]]] = {}
@@ -225,10 +255,10 @@ class Registry:
         pairs: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
         entries = {id(e): e for e in self._entries}
         for name, claims in sorted(index.items()):
-            for i, (rank_a, a) in enumerate(claims):
-                for rank_b, b in claims[i + 1 :]:
-                    if max(rank_a, rank_b) < 2:
-                        pairs.setdefault((id(a), id(b)), []).append((rank_a, rank_b, name))
+            named = [(rank, e) for rank, e in claims if rank < 2]  # repositories may be shared: not compared
+            for i, (rank_a, a) in enumerate(named):
+                for rank_b, b in named[i + 1 :]:
+                    pairs.setdefault((id(a), id(b)), []).append((rank_a, rank_b, name))
         for (ida, idb), shared in pairs.items():
             first, second = entries[ida], entries[idb]
             names = ", ".join(repr(name) for _, _, name in shared)

@@ -1,8 +1,10 @@
 """Finding plugins through entry points and collecting what each one registers, fault-isolated.
 
-A plugin that fails to import, fails pluggy's validation, or raises inside a hook is recorded as a
-diagnostic naming the plugin and its distribution; nothing it registered is kept, and every other
-plugin loads as usual. A card that fails validation is recorded with its file and line; the rest of
+A plugin that fails to import, fails pluggy's validation, or raises inside a hook (sys.exit() and
+KeyboardInterrupt included) is recorded as a diagnostic naming the plugin and its distribution; nothing
+it registered is kept, and every other plugin loads as usual. What a plugin prints goes to stderr, a
+plugin slower than LOAD_BUDGET to import and run is named in a warning (and `modeldeck plugins` shows
+each one's time), and a registered Card is validated again into a copy the plugin has no handle on. A card that fails validation is recorded with its file and line; the rest of
 its plugin's cards stay.
 
 ``MODELDECK_PLUGINS`` selects plugins for hermetic runs: unset loads all; ``none`` (or empty) loads
@@ -11,8 +13,11 @@ none; ``a,b`` loads only the plugins (entry-point names or distribution names) l
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +35,8 @@ from modeldeck.registry.schema import Card, PromptFormat
 __all__ = ["ENV_SELECT", "Contribution", "LoadResult", "PluginInfo", "load_entry_points", "load_plugins"]
 
 ENV_SELECT = "MODELDECK_PLUGINS"
+LOAD_BUDGET = 0.5  # seconds a plugin may take to import and run its hooks before a warning names it
+PLUGIN_FAILURES = (Exception, SystemExit, KeyboardInterrupt)  # what a plugin's code may raise, all reported
 _HOOKS = ("register_prompt_formats", "register_checkpoint_layouts", "register_cards")
 
 
@@ -43,6 +50,12 @@ class PluginInfo:
     prompt_formats: tuple[str, ...] = ()
     checkpoint_layouts: tuple[str, ...] = ()
     error: str | None = None
+    seconds: float = 0.0  # import and hooks
+
+    @property
+    def first_party(self) -> bool:
+        """Installed with modeldeck itself: its names (cards, prompt formats, layouts) cannot be taken over."""
+        return self.distribution == "modeldeck"
 
     @property
     def label(self) -> str:
@@ -80,6 +93,7 @@ def load_entry_points(selection: set[str] | None = None) -> LoadResult:
     """Load every plugin in the `modeldeck` entry-point group (or the selected ones)."""
     result = LoadResult()
     plugins: list[tuple[PluginInfo, object]] = []
+    imported: dict[str, float] = {}  # seconds each plugin took to import
     seen: set[tuple[str, str]] = set()
     available: set[str] = set()
     for ep in sorted(metadata.entry_points(group=PROJECT), key=lambda e: e.name):
@@ -91,10 +105,14 @@ def load_entry_points(selection: set[str] | None = None) -> LoadResult:
         available |= {ep.name.lower(), (dist or "").lower()}
         if selection is not None and not ({ep.name.lower(), (dist or "").lower()} & selection):
             continue
+        started = time.perf_counter()
         try:
-            plugins.append((info, ep.load()))
-        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+            with _plugin_code():
+                plugins.append((info, ep.load()))
+        except PLUGIN_FAILURES as exc:  # any import failure is the plugin's, not ours (sys.exit() too)
             result.plugins.append(_failed(info, result, f"failed to import {ep.value}: {_describe(exc)}"))
+        else:
+            imported[info.name] = time.perf_counter() - started
     for unknown in sorted((selection or set()) - available):
         result.diagnostics.append(
             Diagnostic(
@@ -104,7 +122,7 @@ def load_entry_points(selection: set[str] | None = None) -> LoadResult:
                 hint=f"installed plugins: {', '.join(sorted(available - {''})) or 'none'}",
             )
         )
-    _collect(plugins, result)
+    _collect(plugins, result, imported)
     return result
 
 
@@ -116,7 +134,9 @@ def load_plugins(plugins: Iterable[tuple[str, object]]) -> LoadResult:
     return result
 
 
-def _collect(plugins: list[tuple[PluginInfo, object]], result: LoadResult) -> None:
+def _collect(
+    plugins: list[tuple[PluginInfo, object]], result: LoadResult, imported: dict[str, float] | None = None
+) -> None:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     for info, obj in plugins:
@@ -125,7 +145,9 @@ def _collect(plugins: list[tuple[PluginInfo, object]], result: LoadResult) -> No
         except Exception as exc:  # noqa: BLE001 - e.g. pluggy.PluginValidationError: a hook with wrong arguments
             result.plugins.append(_failed(info, result, f"is not a valid modeldeck plugin: {_describe(exc)}"))
             continue
+        started = time.perf_counter()
         registered = _run_hooks(pm, info, obj)
+        seconds = (imported or {}).get(info.name, 0.0) + time.perf_counter() - started
         if isinstance(registered, str):
             result.plugins.append(_failed(info, result, registered))
             continue
@@ -139,9 +161,20 @@ def _collect(plugins: list[tuple[PluginInfo, object]], result: LoadResult) -> No
                 cards=tuple(c.item.id for c in cards),
                 prompt_formats=tuple(f.item.name for f in formats),
                 checkpoint_layouts=tuple(lay.item.name for lay in layouts),
+                seconds=seconds,
             )
         )
         done = result.plugins[-1]
+        if seconds > LOAD_BUDGET:
+            result.diagnostics.append(
+                Diagnostic(
+                    "warning",
+                    f"plugin {done.label} took {seconds:.1f} s to load (the budget is {LOAD_BUDGET:g} s); every "
+                    "modeldeck command waits for it",
+                    f"plugin {done.label}",
+                    hint=f"make its import and hooks cheaper, or load other plugins only ({ENV_SELECT}=name,name)",
+                )
+            )
         result.prompt_formats += [Contribution(c.item, done, c.where) for c in formats]
         result.checkpoint_layouts += [Contribution(c.item, done, c.where) for c in layouts]
         result.cards += [Contribution(c.item, done, c.where) for c in cards]
@@ -182,16 +215,17 @@ def _run_hooks(
             if impl.plugin is not obj:
                 continue
             try:
-                impl.function(*[callbacks[hook] for _ in impl.argnames])
-            except Exception as exc:  # noqa: BLE001 - a plugin's bug must not take the registry down
+                with _plugin_code():
+                    impl.function(*[callbacks[hook] for _ in impl.argnames])
+            except PLUGIN_FAILURES as exc:  # a plugin's bug (or its sys.exit()) must not take the registry down
                 return f"raised in its {hook} hook: {_describe(exc)}"
     formats, layouts, cards = (collected[h] for h in _HOOKS)
     return formats, layouts, cards, card_errors
 
 
 def _read_card(source: CardSource, module_where: str) -> tuple[Card, str]:
-    if isinstance(source, Card):
-        return source, module_where
+    if isinstance(source, Card):  # validated again into a copy: the plugin keeps no handle on the registry's card
+        return card_from_data(source.model_dump(mode="python", by_alias=True), module_where), module_where
     if isinstance(source, dict):
         return card_from_data(source, module_where), module_where
     path = Path(str(source))
@@ -207,6 +241,13 @@ def _failed(info: PluginInfo, result: LoadResult, what: str) -> PluginInfo:
     ) + f"; to load other plugins only, set {ENV_SELECT}=name,name"
     result.diagnostics.append(Diagnostic("error", f"plugin {what}", f"plugin {failed.label}", hint=hint))
     return failed
+
+
+@contextlib.contextmanager
+def _plugin_code() -> Iterator[None]:
+    """Around a plugin's import and hooks: what it prints goes to stderr, never into a command's output."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _describe(exc: BaseException) -> str:

@@ -62,16 +62,30 @@ def test_unknown_name_suggests():
     assert exc.value.suggestions == []
 
 
-def test_duplicate_id_names_both_plugins_and_distributions(site, card_data):
+def test_a_third_party_card_with_a_first_party_id_is_left_out(site, card_data):
     site.card_plugin("modeldeck-copycat", "fake_copycat", card_data("astrid-1b"))
     reg = Registry.from_entry_points()
     [d] = reg.errors()
-    assert d.message.startswith("id 'astrid-1b' is claimed by card 'astrid-1b' from plugin astrid-1b (modeldeck 0.1.0)")
-    assert "plugin fake-copycat (modeldeck-copycat 1.0)" in d.message
-    assert "uninstall one of the distributions (modeldeck or modeldeck-copycat)" in d.hint
+    assert d.message == (
+        "card 'astrid-1b' from plugin fake-copycat (modeldeck-copycat 1.0) claims the name 'astrid-1b' of "
+        "modeldeck's own card 'astrid-1b'; the plugin's card is left out"
+    )
+    assert d.plugin == "fake-copycat (modeldeck-copycat 1.0)" and "uninstall modeldeck-copycat" in d.hint
+    assert reg.entry("astrid-1b").plugin.first_party  # modeldeck's own card keeps its id
+    assert {c.id for c in reg.cards()} == SEEDS
+
+
+def test_duplicate_id_between_third_parties_names_both_plugins_and_distributions(site, card_data):
+    data = {**card_data("astrid-1b"), "id": "copied", "aliases": []}
+    site.card_plugin("modeldeck-copycat", "fake_copycat", data)
+    site.card_plugin("modeldeck-copycat2", "fake_copycat2", data)
+    reg = Registry.from_entry_points()
+    [d] = reg.errors()
+    assert d.message.startswith("id 'copied' is claimed by card 'copied' from plugin fake-copycat (modeldeck-copycat")
+    assert "uninstall one of the distributions (modeldeck-copycat or modeldeck-copycat2)" in d.hint
     with pytest.raises(CardConflictError, match="claimed by more than one card"):
-        reg.get("astrid-1b")
-    assert {c.id for c in reg.cards()} == SEEDS - {"astrid-1b"}  # the others stay usable
+        reg.get("copied")
+    assert {c.id for c in reg.cards()} == SEEDS  # the others stay usable
 
 
 def test_alias_colliding_with_another_cards_id(site, card_data):

@@ -259,13 +259,14 @@ def plugin_json(p: PluginInfo) -> dict[str, Any]:
         "prompt_formats": list(p.prompt_formats),
         "checkpoint_layouts": list(p.checkpoint_layouts),
         "error": p.error,
+        "load_seconds": round(p.seconds, 4),
     }
 
 
 def plugin_table(plugins: list[PluginInfo]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("plugin", "distribution", "contributes", "status"):
-        table.add_column(column, overflow="fold")
+    for column in ("plugin", "distribution", "contributes", "load s", "status"):
+        table.add_column(column, overflow="fold", justify="right" if column == "load s" else "left")
     for p in plugins:
         parts = [
             f"{what}: {_join(list(items))}"
@@ -274,5 +275,5 @@ def plugin_table(plugins: list[PluginInfo]) -> Table:
         ]
         status = Text(f"failed: {p.error}", style="red") if p.error else Text("ok", style="green")
         dist = f"{p.distribution} {p.version}" if p.distribution else "-"
-        table.add_row(p.name, dist, "; ".join(parts) or "-", status)
+        table.add_row(p.name, dist, "; ".join(parts) or "-", f"{p.seconds:.2f}", status)
     return table

@@ -22,12 +22,12 @@ def test_a_yaml_alias_bomb_is_refused_at_its_first_alias(run_cli: Any, tmp_path:
     assert f"{card}:2: error: YAML syntax error: found the alias *a0: card files may not use YAML aliases" in (
         result.stdout + result.stderr
     )
-    probe = (
-        "import resource, sys\n"
+    probe = (  # VmHWM: this process's own peak (ru_maxrss would carry the forking pytest's across exec)
+        "import re, sys\n"
         "from modeldeck.registry.cardfile import load_card_file\n"
         "from modeldeck.registry.diagnostics import CardError\n"
         "try:\n    load_card_file(sys.argv[1])\nexcept CardError:\n    pass\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(card)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
