@@ -5,7 +5,9 @@ hub repository name. Two cards claiming one name at the same rank (two ids, two 
 conflict: the name is reported with both plugins and distributions, and looking it up is an error
 until one is removed. An alias that collides with another card's id is reported too; the id keeps
 the name. Conflicts between hub repository names are not errors (several cards may share a
-repository); looking such a name up lists the candidates.
+repository); looking such a name up lists the candidates. modeldeck's own cards (distribution `modeldeck`) are
+never displaced: a third-party card with a first-party id is left out, and a first-party card keeps a name a third
+party also claims; first-party prompt formats and layouts likewise win over third-party ones of the same name.
 """
 
 from __future__ import annotations
