@@ -186,18 +186,28 @@ class Ticket:
                 loop.call_soon_threadsafe(wake.set)
 
 
-def check_logprobs(logprobs: int | None) -> None:
+def request_sequence(
+    model: Any, prompt_ids: list[int], options: dict[str, Any] | Options | None, logprobs: int | None
+) -> Sequence:
+    """One batcher request as a Sequence of `model` (Model or VLLMModel), its prompt, options and `logprobs`
+    checked with Model.generate's messages: one sequence per request (num_return_sequences 1 unless given)."""
     if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
         raise GenerationError(f"logprobs must be a whole number >= 0, got {logprobs!r}", "logprobs")
-
-
-def one_sequence(opts: Options) -> None:
+    opts = options if isinstance(options, Options) else model.options(**{"num_return_sequences": 1, **(options or {})})
     if opts.num_return_sequences != 1:
         raise GenerationError(
             f"num_return_sequences={opts.num_return_sequences}: a batcher request returns one sequence; "
             "submit one request per sequence",
             "num_return_sequences",
         )
+    return cast(Sequence, model.sequence(list(prompt_ids), opts))
+
+
+def queue_full(max_queue: int, max_batch: int) -> QueueFullError:
+    return QueueFullError(
+        f"the request queue is full: {max_queue} requests already wait for one of {max_batch} slots; retry later "
+        "(or raise max_queue)"
+    )
 
 
 def final_event(sequence: Sequence, finish: str, error: str | None, scored: dict[str, Any]) -> TokenEvent:
@@ -264,23 +274,13 @@ class ContinuousBatcher:
         A request is one sequence: num_return_sequences is 1 unless given (a card's default of more is ignored).
         Its prompt and options are checked here, once, with Model.generate's messages. `logprobs` (0 or more): each
         token's event carries its log-probability and the `logprobs` most likely tokens (TokenEvent)."""
-        check_logprobs(logprobs)
-        opts = (
-            options
-            if isinstance(options, Options)
-            else self.model.options(**{"num_return_sequences": 1, **(options or {})})
-        )
-        one_sequence(opts)
-        sequence = self.model.sequence(list(prompt_ids), opts)
-        ticket = Ticket(sequence.prompt, opts, self._wake, logprobs)
+        sequence = request_sequence(self.model, prompt_ids, options, logprobs)
+        ticket = Ticket(sequence.prompt, sequence.opts, self._wake, logprobs)
         request = _Request(ticket, sequence)
         with self._lock:
             self._refuse_if_stopped()
             if len(self._waiting) >= self.max_queue:
-                raise QueueFullError(
-                    f"the request queue is full: {self.max_queue} requests already wait for one of {self.max_batch} "
-                    "slots; retry later (or raise max_queue)"
-                )
+                raise queue_full(self.max_queue, self.max_batch)
             self._waiting.append(request)
             self._lock.notify_all()
         self.start()

@@ -130,6 +130,14 @@ class CardModel:
     ) -> list[Generation]:
         raise NotImplementedError
 
+    def _prepared(
+        self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
+    ) -> tuple[Options, list[list[int]]]:
+        """`_run`'s start on every engine: the prompts checked and encoded, the options resolved."""
+        if not prompts:
+            raise GenerationError("no prompts given", "prompt", "invalid_prompt")
+        return self.options(**options), [self.encode(p, system, raw) for p in prompts]
+
     def _generations(
         self, prompts: list[Conversation], system: str | None, raw: bool, completions: list[Completion], n: int
     ) -> list[Generation]:
@@ -324,11 +332,8 @@ class Model(CardModel):
     def _run(
         self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
     ) -> list[Generation]:
-        if not prompts:
-            raise GenerationError("no prompts given", "prompt", "invalid_prompt")
-        opts = self.options(**options)
+        opts, encoded = self._prepared(prompts, system, raw, options)
         n = opts.num_return_sequences
-        encoded = [self.encode(p, system, raw) for p in prompts]
         sequences = [self.sequence(ids, opts, choice) for ids in encoded for choice in range(n)]
         for _ in generate(self.decoder, sequences, self.backend, self.tokenizer.pad_id, self.cuda_graphs):
             pass

@@ -43,12 +43,11 @@ from modeldeck.registry.engines import vllm as engine
 from modeldeck.registry.schema import Card
 from modeldeck.runtime.batching import (
     EngineStoppedError,
-    QueueFullError,
     Ticket,
     TokenEvent,
-    check_logprobs,
     final_event,
-    one_sequence,
+    queue_full,
+    request_sequence,
 )
 from modeldeck.runtime.engine import CardModel, Conversation, Generation
 from modeldeck.runtime.generate import GenerationError, Options, Sequence, check_prompt
@@ -241,23 +240,13 @@ class VLLMBatcher:
     ) -> Ticket:
         """Queue one request (Model.generate's keywords or resolved Options), checked here with modeldeck's
         messages; its events come as vLLM streams its tokens."""
-        check_logprobs(logprobs)
-        opts = (
-            options
-            if isinstance(options, Options)
-            else self.model.options(**{"num_return_sequences": 1, **(options or {})})
-        )
-        one_sequence(opts)
-        sequence = self.model.sequence(list(prompt_ids), opts)
-        ticket = Ticket(sequence.prompt, opts, lambda: None, logprobs)
+        sequence = request_sequence(self.model, prompt_ids, options, logprobs)
+        ticket = Ticket(sequence.prompt, sequence.opts, lambda: None, logprobs)
         with self._lock:
             if self._stopping:
                 raise EngineStoppedError("the engine is stopping and takes no new requests; submit to a running engine")
             if self._counts["running"] + self._counts["waiting"] >= self.max_batch + self.max_queue:
-                raise QueueFullError(
-                    f"the request queue is full: {self.max_queue} requests already wait for one of {self.max_batch} "
-                    "slots; retry later (or raise max_queue)"
-                )
+                raise queue_full(self.max_queue, self.max_batch)
             self._counts["waiting"] += 1
             self._tickets.add(ticket)
             future = self._pool.submit(self._run, ticket, sequence)
@@ -417,13 +406,10 @@ class VLLMModel(CardModel):
     def _run(
         self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
     ) -> list[Generation]:
-        if not prompts:
-            raise GenerationError("no prompts given", "prompt", "invalid_prompt")
-        opts = self.options(**options)
+        opts, encoded = self._prepared(prompts, system, raw, options)
         n = opts.num_return_sequences
         one = opts.model_copy(update={"num_return_sequences": 1})
         seeded = [one if opts.seed is None else one.model_copy(update={"seed": opts.seed + i}) for i in range(n)]
-        encoded = [self.encode(p, system, raw) for p in prompts]
         tickets = [self._submitter().submit(ids, seeded[i]) for ids in encoded for i in range(n)]
         completions = [t.result() for t in tickets]
         for ticket in tickets:

@@ -445,17 +445,18 @@ def test_modeldeck_serve_engine_vllm_command(tmp_path: Path, neox_64: tuple[Any,
     card_file.write_text(yaml.safe_dump(card.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
     command = [sys.executable, "-m", "modeldeck.registry.cli", "serve", str(card_file), "--weights", str(folder)]
     command += ["--engine", "vllm", "--dtype", "float32", "--port", "0", "--vllm-arg=--enforce-eager"]
+    marker = f"modeldeck-vllm-{card.id}-"
+    others = set(vllm_processes(marker))  # a module fixture's vLLM may serve the same card id meanwhile
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
-    marker = f"modeldeck-vllm-{card.id}-"
     try:
         deadline = time.monotonic() + 300
         while not any("Uvicorn running on" in line for line in lines):
             assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
-        assert vllm_processes(marker)
+        assert set(vllm_processes(marker)) - others
         url = re.search(r"Uvicorn running on (http://\S+)", "".join(lines))[1]  # type: ignore[index]
         body = {"model": card.id, "prompt": "The for statement", "max_tokens": 12, "temperature": 0, "raw": True}
         answer = httpx.post(f"{url}/v1/completions", json=body, timeout=120).json()
@@ -470,4 +471,4 @@ def test_modeldeck_serve_engine_vllm_command(tmp_path: Path, neox_64: tuple[Any,
     reader.join(10)
     log = "".join(lines)
     assert f"serving {card.id} (vLLM on cpu, tensor parallel 1, float32;" in log and "Traceback" not in log
-    assert not vllm_processes(marker)  # the API server, its engine core and worker all ended
+    assert not set(vllm_processes(marker)) - others  # the API server, its engine core and worker all ended
