@@ -7,12 +7,23 @@
                                  the parameter count; the same words for `runtime.load` and `validate --weights`
 
 The runtime (runtime/loading.py) loads exactly `implied_plan`, after `check_checkpoint` found no error.
+
+What is read, and the limits (each refusal names the file and what to do; nothing blocks or reads without end):
+files are opened and their JSON parsed by registry/reading.py (regular files only, bounded sizes and nesting), and
+
+    MAX_HEADER (100,000,000)      a safetensors header, as the safetensors library itself refuses longer ones
+    weight_map                    each entry a plain file name (no path: not absolute, no `/`, `\\`, `..`) of a
+                                  *.safetensors (*.bin) file in the folder, as every published index has
+    __metadata__                  a safetensors header's metadata: an object of strings (or null), as the safetensors
+                                  library requires when it loads the file
+    dtypes                        every tensor the decoder reads is stored as F32, F16 or BF16 (converted to the
+                                  dtype the model runs in); an integer or other dtype is refused, naming the tensor
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,10 +35,21 @@ from modeldeck.registry.decoder import ALIBI_SLOPES, Dim, concrete_tensors, qkv_
 from modeldeck.registry.diagnostics import ModeldeckError, spell
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.params import count_parameters
+from modeldeck.registry.reading import (
+    MAX_CONFIG_BYTES,
+    MAX_INDEX_BYTES,
+    FileRefusedError,
+    open_regular,
+    parse_json,
+    plain_name,
+    read_regular,
+    short,
+)
 from modeldeck.registry.schema import Architecture, Card
 
 __all__ = [
     "DTYPE_BITS",
+    "MAX_HEADER",
     "Checkpoint",
     "CheckpointError",
     "CheckpointProblem",
@@ -40,6 +62,7 @@ __all__ = [
     "natural_key",
     "read_checkpoint",
     "read_config",
+    "read_index",
     "read_safetensors_header",
     "weight_files",
 ]
@@ -51,15 +74,18 @@ DTYPE_BITS = {
 }  # fmt: skip
 """Bits per element of each safetensors dtype."""
 
-MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
+MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers (its MAX_HEADER_SIZE)
 INDEX = "model.safetensors.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
 CORRUPT = "the file is truncated or corrupt: download it again"
 
 
 STORED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"} | {
     n: n for n in ("float32", "float16", "bfloat16")
 }
-"""safetensors' dtype names (and a pickle's torch names) of the dtypes the runtime runs in."""
+"""safetensors' dtype names (and a pickle's torch names) of the dtypes the runtime runs in: the dtypes a checkpoint's
+weights may be stored in (converted to the dtype the model runs in when it differs)."""
+FLOAT_DTYPES = "F32, F16 or BF16 (float32, float16 or bfloat16 in a pickle)"
 
 
 class CheckpointError(ModeldeckError):
@@ -99,33 +125,47 @@ class TensorInfo:
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Tensor name -> TensorInfo from a safetensors file's header, checked as strictly as the safetensors library
-    checks it (known dtypes, sizes that match shapes, contiguous data, a file exactly as long as the header says)."""
+    checks it (a header of at most MAX_HEADER bytes, `__metadata__` an object of strings, known dtypes, sizes that
+    match shapes and fit in 64 bits, contiguous data, a file exactly as long as the header says)."""
     try:
-        with path.open("rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
+        with open_regular(path.parent, path.name) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _bad(path, f"{size} bytes, shorter than the 8-byte header length")
             length = int.from_bytes(prefix, "little")
-            if length > MAX_HEADER or 8 + length > size:
+            if length > MAX_HEADER:  # not echoed: the first 8 bytes of something that is not a safetensors file
+                raise _bad(path, f"its header length is over the {MAX_HEADER:,} bytes the safetensors library reads")
+            if 8 + length > size:
                 raise _bad(path, f"its header length says {length:,} bytes, but the file has {size - 8:,} after it")
             raw = f.read(length)
+    except FileRefusedError as exc:
+        raise _unreadable(path.parent, [exc.line], exc.hint) from None
     except OSError as exc:
-        raise _bad(path, str(exc)) from None
+        raise _bad(path, exc.strerror or str(exc)) from None
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"its header is not JSON ({exc})") from None
+        header = parse_json(raw)
+    except ValueError as exc:
+        raise _bad(path, f"its header {exc}") from None
     if not isinstance(header, dict):
         raise _bad(path, "its header is not a JSON object")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        wrong = (
+            next((k for k, v in metadata.items() if not isinstance(v, str)), None)
+            if isinstance(metadata, dict)
+            else None
+        )
+        what = f"its value for {short(wrong)} is not a string" if wrong is not None else "it is not an object"
+        raise _bad(path, f"__metadata__ must map names to strings (as the safetensors library requires): {what}")
     tensors = {name: _tensor_info(path, name, entry) for name, entry in header.items()}
     end = 0
     for info in sorted(tensors.values(), key=lambda t: t.offsets or (0, 0)):
         assert info.offsets is not None
         if info.offsets[0] != end:
-            raise _bad(path, f"tensor {info.name} starts at byte {info.offsets[0]:,} of the data, expected {end:,}")
+            raise _bad(
+                path, f"tensor {short(info.name)} starts at byte {info.offsets[0]:,} of the data, expected {end:,}"
+            )
         end = info.offsets[1]
     data = size - 8 - length
     if data < end:
@@ -141,18 +181,25 @@ def _bad(path: Path, reason: str) -> CheckpointError:
 
 def _tensor_info(path: Path, name: str, entry: Any) -> TensorInfo:
     if not isinstance(entry, dict):
-        raise _bad(path, f"tensor {name}: header entry is not an object")
+        raise _bad(path, f"tensor {short(name)}: header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPE_BITS:
-        raise _bad(path, f"tensor {name}: unknown dtype {dtype!r}")
+        raise _bad(path, f"tensor {short(name)}: unknown dtype {short(dtype)}")
     if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise _bad(path, f"tensor {name}: shape {shape!r} is not a list of sizes")
+        raise _bad(path, f"tensor {short(name)}: shape {short(shape)} is not a list of sizes")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)):
-        raise _bad(path, f"tensor {name}: data_offsets {offsets!r} is not [begin, end]")
+        raise _bad(path, f"tensor {short(name)}: data_offsets {short(offsets)} is not [begin, end]")
+    bits = DTYPE_BITS[dtype]
+    for n in shape:  # one size at a time: a product of a million sizes is never computed
+        bits *= n
+        if bits >= 2**64 * 8:
+            raise _bad(path, f"tensor {short(name)}: shape {short(shape)} is over 2^64 bytes")
     begin, end = offsets
-    bits = math.prod(shape) * DTYPE_BITS[dtype]
     if not 0 <= begin <= end or bits % 8 or end - begin != bits // 8:
-        raise _bad(path, f"tensor {name}: {dtype} {shape} needs {bits / 8:g} bytes, data_offsets give {end - begin}")
+        raise _bad(
+            path,
+            f"tensor {short(name)}: {dtype} {short(shape)} needs {bits / 8:g} bytes, data_offsets give {end - begin}",
+        )
     return TensorInfo(name, dtype, tuple(shape), path, (begin, end))
 
 
@@ -163,11 +210,11 @@ def weight_files(directory: Path, allow_pickle: bool = False) -> list[Path]:
 
 def _weight_files(directory: Path, allow_pickle: bool) -> tuple[list[Path], str | None, dict[str, str]]:
     """The weight files, the index they came from and its weight_map (None and {}: not sharded)."""
-    for index_name, pattern in ((INDEX, "*.safetensors"), ("pytorch_model.bin.index.json", "*.bin")):
+    for index_name, pattern in ((INDEX, "*.safetensors"), (PICKLE_INDEX, "*.bin")):
         if pattern == "*.bin" and not allow_pickle:
             break
-        if (directory / index_name).exists():
-            weight_map = _index(directory, index_name)
+        if os.path.lexists(directory / index_name):
+            weight_map = read_index(directory, index_name)
             return [directory / shard for shard in sorted(set(weight_map.values()))], index_name, weight_map
         files = sorted(directory.glob(pattern))
         if files:
@@ -187,15 +234,34 @@ def _weight_files(directory: Path, allow_pickle: bool) -> tuple[list[Path], str 
     )
 
 
-def _index(directory: Path, name: str) -> dict[str, str]:
-    """A sharded checkpoint's weight_map (tensor -> shard file), every shard present."""
+def read_index(directory: Path, name: str) -> dict[str, str]:
+    """A sharded checkpoint's weight_map (tensor -> shard file) from `name` (model.safetensors.index.json or
+    pytorch_model.bin.index.json), every shard a plain file name of the folder's (*.safetensors or *.bin) that exists.
+    Raises CheckpointError naming the index and the entry; never reads a shard."""
+    suffix = ".bin" if name == PICKLE_INDEX else ".safetensors"
     try:
-        weight_map = json.loads((directory / name).read_text(encoding="utf-8"))["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
-            raise TypeError("weight_map is not an object of file names")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise _unreadable(directory, [f"{name} is not a valid index ({exc})"], "re-download it") from None
-    missing = sorted({s for s in weight_map.values() if not (directory / s).is_file()})
+        index = parse_json(read_regular(directory, name, MAX_INDEX_BYTES))
+    except FileRefusedError as exc:
+        raise _unreadable(directory, [exc.line], exc.hint) from None
+    except ValueError as exc:
+        raise _unreadable(directory, [f"{name} {exc}"], "re-download it") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise _unreadable(
+            directory, [f"{name} is not a valid index: it has no weight_map of tensor names to files"], "re-download it"
+        )
+    for tensor, shard in weight_map.items():
+        if not (isinstance(shard, str) and plain_name(shard) and shard.endswith(suffix)):
+            raise _unreadable(
+                directory,
+                [
+                    f"{name} maps tensor {short(tensor)} to {short(shard)}, which is not the plain file name of a "
+                    f"*{suffix} file in the checkpoint folder"
+                ],
+                f"an index names its shards by file name alone (model-00001-of-00002{suffix}), never by a path: "
+                "re-download it",
+            )
+    missing = sorted({s for s in weight_map.values() if not os.path.lexists(directory / s)})
     if missing:
         raise _unreadable(
             directory, [f"shard {s} listed in {name} is missing" for s in missing], "re-download the checkpoint"
@@ -205,13 +271,14 @@ def _index(directory: Path, name: str) -> dict[str, str]:
 
 def read_config(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
     """config.json as a dict (None if absent), or why it cannot be read."""
-    path = directory / "config.json"
-    if not path.exists():
+    if not os.path.lexists(directory / "config.json"):
         return None, None
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"config.json is not valid JSON: {exc}"
+        config = parse_json(read_regular(directory, "config.json", MAX_CONFIG_BYTES))
+    except FileRefusedError as exc:
+        return None, f"{exc.line}; {exc.hint}"
+    except ValueError as exc:
+        return None, f"config.json {exc}"
     return (config, None) if isinstance(config, dict) else (None, "config.json is not a JSON object")
 
 
@@ -401,6 +468,20 @@ def check_checkpoint(card: Card, layout: CheckpointLayout, checkpoint: Checkpoin
     problems += shapes[:4]
     if len(shapes) > 4:
         problems.append(CheckpointProblem("error", f"... and {len(shapes) - 4} more tensors of other shapes"))
+    dtypes = [
+        CheckpointProblem(
+            "error",
+            f"tensor {name}: stored as {headers[name].dtype}, expected {FLOAT_DTYPES}: the decoder's weights are "
+            "floating point, converted between these three only",
+            None,
+            headers[name].file,
+        )
+        for name in sorted(wanted, key=natural_key)
+        if name in headers and headers[name].dtype not in STORED_DTYPES
+    ]
+    problems += dtypes[:4]
+    if len(dtypes) > 4:
+        problems.append(CheckpointProblem("error", f"... and {len(dtypes) - 4} more tensors of other dtypes"))
     return problems + _parameter_problems(card, layout, wanted, checkpoint)
 
 

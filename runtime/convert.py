@@ -9,10 +9,16 @@
        the layouts' tied_embeddings handling reads; different views of one storage are copied apart (safetensors
        stores no aliasing, and its save_file refuses shared tensors);
     4. write model.safetensors (or model-0000i-of-0000n.safetensors + model.safetensors.index.json) under a
-       temporary name, reload it and compare every tensor bit for bit with the pickle's, then move it into place;
-    5. copy config.json, the generation and tokenizer configs and the tokenizer files to OUT when OUT is not DIR.
+       temporary name, reload it and compare every tensor bit for bit with the pickle's;
+    5. copy config.json, the generation and tokenizer configs and the tokenizer files to OUT when OUT is not DIR:
+       regular files (registry.reading.open_regular) inside DIR, or, for a Hugging Face cache snapshot, the blobs
+       its symbolic links point to in the same cache; a link anywhere else is refused (its content is not the
+       checkpoint's, and copying would turn a link to a private file into a readable copy);
+    6. move every file into place (os.replace, within OUT): each file is whole or absent.
 
-Nothing is left half-written: on any error the temporary files are removed.
+Nothing is overwritten without `force` (the error lists the files), nothing is left half-written: every file is
+written under a temporary name in OUT first, and on any error the temporary files are removed. Pickles and the index
+are opened the registry's way (regular files only; a weight_map of plain file names).
 """
 
 from __future__ import annotations
@@ -21,21 +27,25 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from modeldeck.registry.checkpoint import natural_key
-from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.checkpoint import INDEX, PICKLE_INDEX, CheckpointError, natural_key, read_index
+from modeldeck.registry.diagnostics import ModeldeckError, spell
+from modeldeck.registry.reading import open_regular
 from modeldeck.registry.weights import PickleRefusedError
 
 __all__ = ["Conversion", "ConvertError", "convert_checkpoint", "pickle_files", "read_pickle", "same_bits"]
 
-PICKLE_INDEX = "pytorch_model.bin.index.json"
-SAFE_INDEX = "model.safetensors.index.json"
+SAFE_INDEX = INDEX
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6; older pickles are not zip files
 COPIED_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out)\.")  # output heads: the copy dropped when tied to the embedding
 
@@ -59,24 +69,14 @@ class Conversion:
 
 
 def pickle_files(directory: Path) -> tuple[list[Path], dict[str, str] | None]:
-    """The pickle shards of a checkpoint folder, and the index's weight map (tensor -> shard) when there is one."""
-    index = directory / PICKLE_INDEX
-    if index.exists():
+    """The pickle shards of a checkpoint folder, and the index's weight map (tensor -> shard) when there is one
+    (read as the registry reads an index: plain file names of *.bin files in the folder, every one present)."""
+    if os.path.lexists(directory / PICKLE_INDEX):
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConvertError(
-                f"{index} is not a valid index ({exc}); restore it from the original checkpoint"
-            ) from None
-        shards = sorted(set(weight_map.values()), key=natural_key)
-        missing = [s for s in shards if not (directory / s).is_file()]
-        if missing:
-            raise ConvertError(
-                f"{index.name} in {directory} lists shards that are missing: {', '.join(missing)}; download them too"
-            )
-        return [directory / s for s in shards], weight_map
+            weight_map = read_index(directory, PICKLE_INDEX)
+        except CheckpointError as exc:
+            raise ConvertError(f"{exc}; nothing was converted") from None
+        return [directory / s for s in sorted(set(weight_map.values()), key=natural_key)], weight_map
     return sorted(directory.glob("pytorch_model*.bin"), key=lambda p: natural_key(p.name)), None
 
 
@@ -93,22 +93,21 @@ def _is_hub_snapshot(folder: Path) -> bool:
 
 
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """A pickle's tensors through torch's weights-only unpickler (memory-mapped when the file format allows it);
-    ConvertError saying why when it is unreadable or holds anything but a name -> tensor mapping. The one pickle
-    reader: loading (with allow_pickle) and conversion both read through it."""
-    try:
+    """A pickle's tensors through torch's weights-only unpickler, memory-mapped when it is a zip file (torch.save's
+    format since torch 1.6; a legacy pickle is read whole, as torch cannot map it); ConvertError saying why when it is
+    unreadable or holds anything but a name -> tensor mapping, FileRefusedError when it is not a regular file. The one
+    pickle reader: loading (with allow_pickle) and conversion both read through it."""
+    with open_regular(path.parent, path.name) as f:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # a pre-1.6 (non-zip) torch.save
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad or hostile pickles
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConvertError(
-            f"{path} cannot be read with torch.load(weights_only=True): {first}; it is corrupt or holds objects other "
-            "than tensors (which is how a pickle runs code)"
-        ) from None
+            zipped = f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+            f.seek(0)
+            state = torch.load(path if zipped else f, map_location="cpu", weights_only=True, mmap=zipped)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad or hostile pickles
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConvertError(
+                f"{path} cannot be read with torch.load(weights_only=True): {first}; it is corrupt or holds objects "
+                "other than tensors (which is how a pickle runs code)"
+            ) from None
     if not isinstance(state, dict):
         raise ConvertError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     for name, value in state.items():
@@ -176,12 +175,16 @@ def convert_checkpoint(
     out: str | os.PathLike[str] | None = None,
     *,
     allow_pickle: bool = False,
+    force: bool = False,
     report: Callable[[str], None] | None = None,
 ) -> Conversion:
     """Convert the pickle checkpoint in `directory` to safetensors in `out` (default: `directory` itself).
 
     Refused (PickleRefusedError) unless `allow_pickle=True`. Every written tensor is reloaded and compared bit for
-    bit with the pickle's before the file is moved into place. `report` receives one line per step."""
+    bit with the pickle's before the file is moved into place. A file already in `out` that the conversion writes is
+    an error before anything is written, unless `force=True` (then it is replaced); safetensors weights there that
+    the conversion does not write are always an error (two checkpoints would mix). `report` receives one line per
+    step."""
     source = Path(directory).expanduser().resolve()
     if not source.is_dir():
         raise ConvertError(f"{source} is not a folder; give the checkpoint folder holding pytorch_model*.bin")
@@ -199,48 +202,119 @@ def convert_checkpoint(
             f"{source} is a snapshot in the Hugging Face cache, which huggingface_hub manages; pass --out OUT "
             "(out=) to write the safetensors checkpoint to a folder of its own"
         )
-    target.mkdir(parents=True, exist_ok=True)
-    present = sorted(p.name for p in target.iterdir() if p.name.endswith(".safetensors") or p.name == SAFE_INDEX)
-    if present:
-        raise ConvertError(
-            f"{target} already holds safetensors weights ({', '.join(present)}); writing there would mix two "
-            "checkpoints: choose an empty --out folder or remove them"
-        )
-    say = report or (lambda line: None)
-    result = Conversion(target)
-    written: list[Path] = []
     names = {p.name: _target(p.name) for p in shards}
     if len(set(names.values())) != len(names):
         raise ConvertError(f"the shards of {source} ({', '.join(names)}) do not map to distinct safetensors names")
+    sharded = weight_map is not None or len(shards) > 1
+    copies = _copied(source) if target != source else []
+    _check_target(target, [*names.values(), *([SAFE_INDEX] if sharded else []), *copies], force)
+    say = report or (lambda line: None)
+    result = Conversion(target)
+    staged: dict[Path, Path] = {}  # temporary -> final name
+    moved: list[Path] = []  # final files that did not exist before (removed again on an error)
     try:
         for shard in shards:
-            written.append(_convert_shard(shard, target / names[shard.name], weight_map, result, say))
-        sharded = weight_map is not None or len(shards) > 1
-        final = [p.with_name(p.name.removesuffix(".incomplete")) for p in written]
-        for temporary, path in zip(written, final, strict=True):
-            os.replace(temporary, path)
-        written = final
-        if sharded:
-            index = target / SAFE_INDEX
-            weights = dict(sorted(result.weight_map.items(), key=lambda item: natural_key(item[0])))
-            index.write_text(
-                json.dumps({"metadata": {"total_size": result.bytes}, "weight_map": weights}, indent=2) + "\n"
+            staged[_convert_shard(shard, target / names[shard.name], weight_map, result, say)] = (
+                target / names[shard.name]
             )
-            written.append(index)
-            result.index = index.name
-            say(f"wrote {index.name}: {len(weights)} tensors in {len(shards)} files")
-    except BaseException:
-        for path in written:
+        if sharded:
+            weights = dict(sorted(result.weight_map.items(), key=lambda item: natural_key(item[0])))
+            text = json.dumps({"metadata": {"total_size": result.bytes}, "weight_map": weights}, indent=2) + "\n"
+            staged[_staged(target / SAFE_INDEX, lambda f: f.write(text.encode()))] = target / SAFE_INDEX
+            result.index = SAFE_INDEX
+        roots = _copy_roots(source)
+        for name in copies:
+            with open_regular(source, name, within=roots) as original:  # checked again: it may have changed
+                staged[_staged(target / name, lambda f: shutil.copyfileobj(original, f))] = target / name
+        for temporary, final in staged.items():
+            existed = os.path.lexists(final)
+            os.replace(temporary, final)
+            if not existed:
+                moved.append(final)
+    except BaseException as exc:
+        for path in [*staged, *moved]:
             path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _unwritable(target, exc) from None
         raise
-    if target != source:
-        for path in sorted(source.iterdir()):
-            if path.is_file() and path.suffix in COPIED_SUFFIXES and path.name not in (PICKLE_INDEX, SAFE_INDEX):
-                shutil.copyfile(path, target / path.name)  # follows symlinks: a cache snapshot's blobs are copied
-                result.copied.append(path.name)
-        if result.copied:
-            say(f"copied {', '.join(result.copied)}")
+    if result.index:
+        say(f"wrote {SAFE_INDEX}: {len(result.weight_map)} tensors in {len(shards)} files")
+    result.copied = copies
+    if copies:
+        say(f"copied {', '.join(copies)}")
     return result
+
+
+def _copy_roots(source: Path) -> list[Path]:
+    """Where a copied file may resolve to: the checkpoint folder, and for a Hugging Face cache snapshot the blobs
+    of its repository (a snapshot's files are symbolic links to ../../blobs/HASH)."""
+    return [source, (source.parent.parent / "blobs").resolve()] if _is_hub_snapshot(source) else [source]
+
+
+def _copied(source: Path) -> list[str]:
+    """The config and tokenizer files to copy, each checked to be a regular file inside `_copy_roots` before anything
+    is written (FileRefusedError naming the file and why otherwise)."""
+    roots = _copy_roots(source)
+    names = []
+    for path in sorted(source.iterdir()):
+        if path.suffix in COPIED_SUFFIXES and path.name not in (PICKLE_INDEX, SAFE_INDEX) and not path.is_dir():
+            open_regular(source, path.name, within=roots).close()
+            names.append(path.name)
+    return names
+
+
+def _check_target(target: Path, outputs: list[str], force: bool) -> None:
+    """The output folder, created, writable, holding no other checkpoint's weights and (without `force`) none of
+    the files the conversion writes: every refusal before anything is written."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = _temporary(target / "write-test")
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise _unwritable(target, exc) from None
+    held = {p.name for p in target.iterdir()}
+    other = sorted(n for n in held - set(outputs) if n.endswith(".safetensors") or n == SAFE_INDEX)
+    if other:
+        raise ConvertError(
+            f"{target} already holds safetensors weights ({', '.join(other)}); writing there would mix two "
+            "checkpoints: choose an empty --out folder or remove them"
+        )
+    clashes = [n for n in outputs if n in held]
+    if clashes and not force:
+        weights = [n for n in clashes if n.endswith(".safetensors") or n == SAFE_INDEX]
+        listed = [f"safetensors weights ({', '.join(weights)})"] * bool(weights) + [
+            n for n in clashes if n not in weights
+        ]
+        raise ConvertError(
+            f"{target} already holds {', '.join(listed)}, which converting would overwrite; pass {spell('force')} to "
+            "replace them (other files there are left alone), or choose an empty --out folder"
+        )
+
+
+def _unwritable(target: Path, exc: OSError | SafetensorError) -> ConvertError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConvertError(
+        f"cannot write the safetensors checkpoint to {target} ({reason}); nothing was converted: choose a folder "
+        f"you can write to with {spell('out', 'OUT')} (and check the free space)"
+    )
+
+
+def _temporary(final: Path) -> Path:
+    """A name beside `final` for writing it before it is moved into place (os.replace within one folder)."""
+    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.incomplete")
+
+
+def _staged(final: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """`write` into a new temporary file beside `final`; returns its name (removed if writing fails)."""
+    temporary = _temporary(final)
+    try:
+        with temporary.open("xb") as f:
+            write(f)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
 
 
 def _convert_shard(
@@ -270,12 +344,15 @@ def _convert_shard(
             f"({result.weight_map[twice[0]]}) already held; the shards are from different checkpoints"
         )
     tensors, tied = _untie(state)
-    temporary = path.with_name(path.name + ".incomplete")
+    temporary = _temporary(path)
     try:
-        save_file(tensors, str(temporary), metadata={"format": "pt"})
+        try:
+            save_file(tensors, str(temporary), metadata={"format": "pt"})
+        except SafetensorError as exc:  # the disk full, the folder gone
+            raise _unwritable(path.parent, exc) from None
         reloaded = load_file(str(temporary))
         if set(reloaded) != set(tensors):
-            raise ConvertError(f"{temporary.name} does not hold the tensors just written; disk full or failing?")
+            raise ConvertError(f"{path.name} does not hold the tensors just written; disk full or failing?")
         differ = [name for name in state if not same_bits(reloaded[tied.get(name, name)], state[name])]
         if differ:
             raise ConvertError(

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from modeldeck.registry.decoder import ATTENTION_BUDGET, prefill_chunk
 from modeldeck.registry.diagnostics import ModeldeckError
@@ -88,7 +88,7 @@ class Options(GenerationDefaults):
     """One request's generation options: the card's generation defaults (their fields, names and checks) merged with
     the caller's keywords, plus what only a request has: its seed and all its stop strings (the card's first)."""
 
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # what torch's generators take
     stop: tuple[str, ...] = ()
 
 
@@ -207,7 +207,7 @@ def make_generator(opts: Options, device: torch.device, offset: int = 0) -> torc
         return None
     generator = torch.Generator(device=device)
     seed = opts.seed + offset if opts.seed is not None else int(torch.randint(0, 2**62, ()).item())
-    generator.manual_seed(seed)
+    generator.manual_seed(seed % 2**64)  # seed + offset may pass 2**64 - 1: wrap, as torch does for negatives
     return generator
 
 

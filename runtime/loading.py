@@ -37,6 +37,7 @@ from modeldeck.registry.checkpoint import (
 from modeldeck.registry.decoder import decoder_tensors, default_precision
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.layouts import CheckpointLayout
+from modeldeck.registry.reading import FileRefusedError
 from modeldeck.registry.schema import Architecture, Card
 from modeldeck.runtime.convert import ConvertError, read_pickle
 from modeldeck.runtime.kernels import prepare_weight, use_kernels
@@ -49,6 +50,8 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     """A pytorch_model.bin through the one pickle reader (runtime/convert.py), its refusal as a CheckpointError."""
     try:
         return read_pickle(path)
+    except FileRefusedError as exc:
+        raise CheckpointError(path.parent, [exc.line], exc.hint, headline="cannot be read") from None
     except ConvertError as exc:
         raise CheckpointError(path.parent, [str(exc)], "re-download it", headline="cannot be read") from None
 

@@ -31,8 +31,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from modeldeck.registry.diagnostics import ModeldeckError
@@ -512,6 +513,11 @@ def create_app(
             return await job.collect(request)
         except APIError:
             raise
+        except ClientDisconnect:  # it left while sending: nothing ran, and no one reads an answer; one line, no trace
+            service.counters["disconnected"] += 1
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            log.info("%s disconnected while sending its request to %s; nothing was run", client, request.url.path)
+            return Response(status_code=400)
         except GenerationError as exc:
             raise generation_error(exc, kind is ChatRequest) from None
         except ModeldeckError as exc:  # PromptError, ...: the request's fault

@@ -13,7 +13,7 @@ from modeldeck import registry
 from modeldeck.registry.checks import check_card, check_tokenizer
 from modeldeck.registry.cli import display
 from modeldeck.registry.cli.checkpoint import weights_diagnostics
-from modeldeck.registry.cli.common import err, find_card, load_registry, out, report_errors, styled
+from modeldeck.registry.cli.common import err, find_card, json_text, load_registry, out, report_errors, styled
 from modeldeck.registry.diagnostics import CardError, Diagnostic
 from modeldeck.registry.prompting import PromptError, render_prompt
 from modeldeck.registry.schema import Card
@@ -29,7 +29,7 @@ def list_cards(as_json: bool) -> None:
     reg = load_registry()
     entries = reg.entries()
     if as_json:
-        click.echo(json.dumps([display.summary(e) for e in entries], indent=2))
+        click.echo(json_text([display.summary(e) for e in entries]))
         return
     out.print(display.card_table(entries))
 
@@ -42,7 +42,7 @@ def show(name: str, as_json: bool) -> None:
     """Show every section of a card: NAME is an id, alias or hub repository."""
     entry = load_registry(quiet_problems=True).entry(name)
     if as_json:
-        click.echo(json.dumps(display.card_json(entry), indent=2, ensure_ascii=False))
+        click.echo(json_text(display.card_json(entry)))
         return
     for renderable in display.card_sections(entry):
         out.print(renderable)
@@ -132,7 +132,7 @@ def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None, weights: 
     errors = sum(d.severity == "error" for d in found)
     if fmt == "json":
         report = {"ok": errors == 0, "cards": checked, "diagnostics": [d.to_json() for d in found]}
-        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        click.echo(json_text(report))
     else:
         for d in found:
             (err if d.severity == "error" else out).print(d.render(), markup=False, soft_wrap=True)
@@ -149,7 +149,7 @@ def validate(cards: tuple[str, ...], fmt: str, tokenizer: Path | None, weights: 
 @report_errors
 def schema() -> None:
     """Print the card JSON Schema (for editors and other tools)."""
-    click.echo(json.dumps(Card.model_json_schema(), indent=2, ensure_ascii=False))
+    click.echo(json_text(Card.model_json_schema()))
 
 
 @click.command()
@@ -163,7 +163,7 @@ def plugins(as_json: bool) -> None:
             "plugins": [display.plugin_json(p) for p in reg.plugins()],
             "diagnostics": [d.to_json() for d in reg.diagnostics],
         }
-        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        click.echo(json_text(report))
         return
     out.print(display.plugin_table(reg.plugins()))
     for d in reg.diagnostics:

@@ -5,7 +5,6 @@ Both read only the safetensors headers and config.json (registry/checkpoint.py):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from modeldeck.registry.checkpoint import (
     mismatch_hint,
     read_checkpoint,
 )
-from modeldeck.registry.cli.common import out, report_errors
+from modeldeck.registry.cli.common import json_text, out, report_errors
 from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.diagnostics import Diagnostic
 from modeldeck.registry.schema import Card
@@ -105,7 +104,7 @@ def inspect_checkpoint(directory: Path, as_json: bool) -> None:
     """
     checkpoint = read_checkpoint(directory)
     if as_json:
-        click.echo(json.dumps(inspect_json(checkpoint), indent=2, ensure_ascii=False))
+        click.echo(json_text(inspect_json(checkpoint)))
         return
     sharded = len(checkpoint.files) > 1
     table = Table(box=None, header_style="bold", pad_edge=False)

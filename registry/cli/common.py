@@ -4,6 +4,8 @@ follows too)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -20,7 +22,17 @@ from modeldeck.registry.catalog import Registry
 from modeldeck.registry.diagnostics import ModeldeckError, command_line
 from modeldeck.registry.schema import Card
 
-__all__ = ["F", "err", "escape_controls", "find_card", "load_registry", "out", "report_errors", "styled"]
+__all__ = [
+    "F",
+    "err",
+    "escape_controls",
+    "find_card",
+    "json_text",
+    "load_registry",
+    "out",
+    "report_errors",
+    "styled",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +85,23 @@ out = _console(stderr=False)
 err = _console(stderr=True)
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """`data` as strict JSON, the one way a command writes JSON: NaN and infinities (lm-eval's stderr of a
+    one-sample task, an infinite ratio) become null, as JSON has no such numbers and most parsers refuse Python's
+    NaN/Infinity; non-ASCII text stays as it is; indented by 2 unless `indent` says otherwise."""
+    return json.dumps(_finite(data), allow_nan=False, ensure_ascii=False, **{"indent": 2, **options})
+
+
 def report_errors(command: F) -> F:
     """Run a command with errors worded for the command line (`diagnostics.command_line`), and turn modeldeck's
     errors into a clean message and exit code 1 (a traceback only with MODELDECK_DEBUG=1); Ctrl-C ends it with
@@ -91,6 +120,19 @@ def report_errors(command: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted", markup=False)
             sys.exit(130)
+        except OSError as exc:  # the file system refused (permissions, a full disk, a file where a folder should be)
+            if os.environ.get("MODELDECK_DEBUG"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(
+                styled(
+                    ("error:", "red"),
+                    f" {where}{exc.strerror or exc}; check that path (that it exists, its permissions, the free space) "
+                    "and try again",
+                ),
+                soft_wrap=True,
+            )
+            sys.exit(1)
         except Exception as exc:  # a bug in modeldeck: say so without a traceback
             if os.environ.get("MODELDECK_DEBUG"):
                 raise

@@ -7,7 +7,6 @@ the card reports a result for the same task and metric (its `evaluation` section
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from modeldeck.registry.cli.common import err, find_card, out, report_errors
+from modeldeck.registry.cli.common import err, find_card, json_text, out, report_errors
 from modeldeck.registry.cli.options import load_options_except
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.schema import Card
@@ -95,7 +94,7 @@ def eval_command(name: str, tasks: str, revisions: str | None, **options: Any) -
                 for label, run in zip(labels, runs, strict=True)
             ],
         }
-        output.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        output.write_text(json_text(report, default=str) + "\n", encoding="utf-8")
         err.print(f"wrote {output}", markup=False)
 
 

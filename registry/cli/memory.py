@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from modeldeck.registry import memory
-from modeldeck.registry.cli.common import load_registry, out, report_errors
+from modeldeck.registry.cli.common import json_text, load_registry, out, report_errors
 from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.decoder import BACKENDS, DTYPES
 from modeldeck.registry.schema import Card
+
+MAX_DEVICE_GB = 1_000_000  # a petabyte per device: beyond any accelerator, and finite for the planner's arithmetic
 
 __all__ = ["COMMANDS"]
 
@@ -65,8 +66,10 @@ def memory_command(
     """
     reg = load_registry(quiet_problems=True)
     card, _ = reg.card_or_file(name)
-    if device_memory is not None and not device_memory > 0:
-        raise memory.MemoryPlanError(f"--device-memory must be a positive number of GB, got {device_memory:g}")
+    if device_memory is not None and not 0 < device_memory <= MAX_DEVICE_GB:  # also refuses nan
+        raise memory.MemoryPlanError(
+            f"--device-memory must be a positive number of GB up to {MAX_DEVICE_GB:,}, got {device_memory:g}"
+        )
     options: dict[str, Any] = {
         "dtype": dtype,
         "batch": batch,
@@ -89,7 +92,7 @@ def memory_command(
         split = memory.tensor_parallel_plan(card, plan, limit) if gpu and plan.total > limit else None
         report["tensor_parallel"] = split.to_json() if split else None
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json_text(report))
         return
     _print(card, plan, report)
 

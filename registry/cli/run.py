@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from typing import Any
 
 import click
 
-from modeldeck.registry.cli.common import err, out, report_errors, styled
+from modeldeck.registry.cli.common import err, json_text, out, report_errors, styled
 from modeldeck.registry.cli.options import generation_options, load_model, load_options, overrides
 
 __all__ = ["COMMANDS"]
@@ -67,7 +66,7 @@ def generate(name: str, prompt: str, stream: bool, as_json: bool, verbose: bool,
             }
             for c in result.completions
         ]
-        click.echo(json.dumps({"card": model.card.id, "prompt": result.prompt, "completions": completions}, indent=2))
+        click.echo(json_text({"card": model.card.id, "prompt": result.prompt, "completions": completions}))
         return
     for i, completion in enumerate(result.completions):
         if len(result.completions) > 1:

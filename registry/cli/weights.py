@@ -7,14 +7,13 @@ Only `convert` imports the runtime.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from modeldeck.registry.cli.common import err, find_card, out, report_errors, styled
+from modeldeck.registry.cli.common import err, find_card, json_text, out, report_errors, styled
 from modeldeck.registry.cli.display import human_bytes
 from modeldeck.registry.weights import (
     FileCheck,
@@ -147,7 +146,7 @@ def verify(name: str, weights: Path | None, revision: str | None, as_json: bool,
             "ok": not bad,
             "files": [c.to_json() for c in checks],
         }
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json_text(report))
     else:
         out.print(f"card {card.id}: {len(card.source.files)} pinned files in {folder}", markup=False, soft_wrap=True)
         out.print(_check_table(checks))
@@ -169,19 +168,25 @@ def verify(name: str, weights: Path | None, revision: str | None, as_json: bool,
     help="Where to write the safetensors checkpoint (default: DIR); config and tokenizer files are copied there.",
 )
 @click.option("--allow-pickle", is_flag=True, help="Read the pickles (torch.load with weights_only=True); required.")
+@click.option("--force", is_flag=True, help="Replace files already in the output folder that the conversion writes.")
 @report_errors
-def convert(directory: Path, out: Path | None, allow_pickle: bool) -> None:
+def convert(directory: Path, out: Path | None, allow_pickle: bool, force: bool) -> None:
     """Convert the pickle checkpoint in DIRECTORY (pytorch_model*.bin, sharded too) to safetensors, verified.
 
     Pickles are read with torch.load(weights_only=True); tensors that share storage (a tied lm_head and embedding)
     are written once, under the embedding's name; every tensor written is read back and compared bit for bit with
-    the pickle's before the file is kept. Refused without --allow-pickle: loading a pickle can execute code. The
-    output folder is printed on standard output: load it with --weights.
+    the pickle's before the file is kept. Refused without --allow-pickle: loading a pickle can execute code. Files
+    already in the output folder are not overwritten without --force. The output folder is printed on standard
+    output: load it with --weights.
     """
     from modeldeck.runtime.convert import convert_checkpoint  # torch: only for this command
 
     result = convert_checkpoint(
-        directory, out, allow_pickle=allow_pickle, report=lambda line: err.print(line, markup=False, soft_wrap=True)
+        directory,
+        out,
+        allow_pickle=allow_pickle,
+        force=force,
+        report=lambda line: err.print(line, markup=False, soft_wrap=True),
     )
     written = ", ".join(sorted(set(result.files.values()))) + (f", {result.index}" if result.index else "")
     err.print(

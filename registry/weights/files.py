@@ -299,7 +299,8 @@ def download_plan(card: Card, revision: str | None = None, allow_pickle: bool = 
 def _hub(card: Card, module: str = "huggingface_hub") -> ModuleType:
     """huggingface_hub (or one of its modules), imported on first need; a clear error when it is not installed."""
     try:
-        return importlib.import_module(module)
+        hub = importlib.import_module(module)
+        constants = importlib.import_module("huggingface_hub.constants")
     except ImportError as error:
         named = f"card {card.id}" + (f": {card.source.repo}" if card.source.repo else "")
         raise WeightsNotFoundError(
@@ -307,6 +308,13 @@ def _hub(card: Card, module: str = "huggingface_hub") -> ModuleType:
             f"({error}); install it (pip install huggingface_hub, or the runtime extra: pip install "
             f"'modeldeck[runtime]'), or pass {spell('weights', 'DIR')}"
         ) from error
+    for variable, folder in (("HF_HOME", constants.HF_HOME), ("HF_HUB_CACHE", constants.HF_HUB_CACHE)):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise HubError(
+                f"{variable} is {folder}, which is not a folder (card {card.id} needs the Hugging Face cache); "
+                f"point {variable} at a folder, or unset it"
+            )
+    return hub
 
 
 def hub_cache(card: Card) -> tuple[str, bool]:

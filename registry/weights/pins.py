@@ -47,7 +47,7 @@ __all__ = [
 
 CHUNK = 1 << 20
 
-Status = Literal["ok", "missing", "wrong size", "wrong hash", "not pinned"]
+Status = Literal["ok", "missing", "wrong size", "wrong hash", "not pinned", "unreadable"]
 
 
 class VerificationError(ModeldeckError):
@@ -103,6 +103,7 @@ class FileCheck:
     expected_sha256: str | None = None
     size: int | None = None
     sha256: str | None = None
+    reason: str | None = None  # why an unreadable file could not be read
 
     @property
     def ok(self) -> bool:
@@ -124,6 +125,8 @@ class FileCheck:
                 f"{self.path}: wrong hash: sha256 {self.sha256}, expected {self.expected_sha256} "
                 "(same size: corrupted or altered)"
             )
+        if self.status == "unreadable":
+            return f"{self.path}: unreadable: {self.reason} (check the file's permissions and the disk)"
         return f"{self.path}: not pinned: a weight file ({self.size:,} bytes) that source.files does not list"
 
     def to_json(self) -> dict[str, object]:
@@ -134,18 +137,25 @@ class FileCheck:
             "expected_size": self.expected_size,
             "sha256": self.sha256,
             "expected_sha256": self.expected_sha256,
+            **({"reason": self.reason} if self.reason else {}),
         }
 
 
 def check_file(folder: Path, pin: PinnedFile) -> FileCheck:
-    """One pinned file: missing, wrong size (not hashed), wrong hash, or ok."""
+    """One pinned file: missing, unreadable (not a regular file, or reading it failed), wrong size (not hashed),
+    wrong hash, or ok. Only regular files are read: a FIFO would block the hash forever."""
     path = folder / pin.path
     if not path.is_file():
+        if path.exists():  # links followed: a folder, a FIFO, a device or a socket
+            return FileCheck(pin.path, "unreadable", pin.size, pin.sha256, reason="it is not a regular file")
         return FileCheck(pin.path, "missing", pin.size, pin.sha256)
     size = path.stat().st_size
     if size != pin.size:
         return FileCheck(pin.path, "wrong size", pin.size, pin.sha256, size=size)
-    digest = sha256_file(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as error:
+        return FileCheck(pin.path, "unreadable", pin.size, pin.sha256, size, reason=error.strerror or str(error))
     return FileCheck(pin.path, "ok" if digest == pin.sha256 else "wrong hash", pin.size, pin.sha256, size, digest)
 
 
@@ -217,6 +227,8 @@ def verification_failure(card: Card, folder: Path, checks: list[FileCheck], list
 
 def fix_hint(card: Card, bad: list[FileCheck]) -> str:
     hints = []
+    if any(c.status == "unreadable" for c in bad):
+        hints.append("make the unreadable files readable by this user (or download them again)")
     if any(c.status in ("missing", "wrong size", "wrong hash") for c in bad):
         hints.append(
             f"download the files again (`modeldeck download {card.id} --force-download` replaces cached copies)"
@@ -241,7 +253,16 @@ def compute_pins(card: Card, folder: Path) -> list[PinnedFile]:
             f"{folder} holds none of the files card {card.id} needs "
             f"({', '.join(needed_patterns(card, card.source.format == 'pytorch'))}); point at its checkpoint folder"
         )
-    return [PinnedFile(path=n, sha256=sha256_file(folder / n), size=(folder / n).stat().st_size) for n in names]
+    pins = []
+    for name in names:
+        try:
+            pins.append(PinnedFile(path=name, sha256=sha256_file(folder / name), size=(folder / name).stat().st_size))
+        except OSError as error:
+            raise WeightsNotFoundError(
+                f"{folder / name} (card {card.id}) cannot be read: {error.strerror or error}; make it readable by "
+                "this user, then pin again"
+            ) from error
+    return pins
 
 
 def pins_yaml(card: Card, pins: list[PinnedFile], folder: Path | None = None) -> str:

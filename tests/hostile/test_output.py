@@ -84,3 +84,38 @@ def test_escape_controls_keeps_newlines_and_tabs() -> None:
     from modeldeck.registry.cli.common import escape_controls
 
     assert escape_controls("a\tb\nc\x1b[31m\x00\x7f\x85\u2066") == "a\tb\nc\\x1b[31m\\x00\\x7f\\x85\\u2066"
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard has it: Python's NaN/Infinity/-Infinity refused (JavaScript and jq refuse them)."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json(run_cli: Any, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file({"w.weight": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"model_type": "x", "eps": NaN, "limit": Infinity, "floor": -Infinity}')
+    result = run_cli("inspect", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    config = strict_json(result.stdout)["config"]
+    assert config == {"model_type": "x", "eps": None, "limit": None, "floor": None}  # null: JSON has no such number
+    for args in (("list", "--json"), ("show", "tiny-neox", "--json"), ("memory", "tiny-neox", "--json")):
+        shown = run_cli(*args)
+        assert shown.returncode == 0, shown.stderr
+        strict_json(shown.stdout)
+
+
+def test_json_text_maps_non_finite_numbers_to_null() -> None:
+    from modeldeck.registry.cli.common import json_text
+
+    data = {"a": [1.5, float("nan"), (float("inf"), -float("inf"))], "b": {"c": "π"}, "d": 3}
+    assert strict_json(json_text(data)) == {"a": [1.5, None, [None, None]], "b": {"c": "π"}, "d": 3}
+    assert "π" in json_text(data)  # non-ASCII text as it is, not \u escapes

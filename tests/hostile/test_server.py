@@ -4,6 +4,7 @@ client's huge or degenerate request does not stall the others (runtime/guard.py)
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -111,3 +112,25 @@ def test_serving_beyond_the_loopback_without_a_key_warns() -> None:
         process.kill()
         process.wait()
     assert "warning: serving on 0.0.0.0 without --api-key: anyone who can reach this address can use the model" in first
+
+
+def test_clients_leaving_mid_upload_are_logged_once_each_at_info(
+    neox: Any, serve_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    with caplog.at_level(logging.INFO), serve_app(neox) as served:
+        port = int(served.url.rsplit(":", 1)[1])
+        for _ in range(20):  # headers promise 1,000 bytes; 100 arrive, then the connection closes
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(
+                    b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                    b"content-length: 1000\r\n\r\n" + b'{"prompt": "' + b"x" * 88
+                )
+        health = served.wait_for(lambda h: h["server"]["disconnected"] >= 20)
+        assert post(served.url, SHORT).status_code == 200  # and it still serves
+    records = [r for r in caplog.records if r.name.startswith(("modeldeck", "uvicorn"))]
+    left = [r for r in records if "disconnected while sending its request" in r.getMessage()]
+    assert len(left) == 20 == health["server"]["disconnected"]
+    assert all(r.levelno == logging.INFO and r.exc_info is None for r in left)
+    assert not [r for r in records if r.levelno >= logging.WARNING or r.exc_info], [r.getMessage() for r in records]
