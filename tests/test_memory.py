@@ -306,7 +306,7 @@ def test_cli_json(run_cli):
         (["--context", "4096"], 1, "exceeds the context_length of card 'h2ogpt-oig-oasst1-falcon-40b' (2,048 tokens)"),
         (["--dtype", "float8"], 2, "Invalid value for '--dtype': 'float8' is not one of"),
         (["--batch", "0"], 1, "error: batch must be at least 1, got 0"),
-        (["--device-memory", "-1"], 1, "--device-memory must be a positive number of GB, got -1"),
+        (["--device-memory", "-1"], 1, "--device-memory must be a positive number of GB up to 1,000,000, got -1"),
     ],
 )
 def test_cli_bad_input_is_one_clean_message(run_cli, args, code, message):
