@@ -2,6 +2,11 @@
 
 registry/schema.py puts it in a card; registry/decoder.py derives the decoder's tensors from it; runtime/model.py
 builds the torch decoder from it. Each field is a choice the card states, none guessed from a model's name.
+
+Sizes are bounded (MAX_LAYERS and the rest, below), generously above every published model, and checked when the
+card is validated: before registry/decoder.py lists a tensor per layer, before config.json is compared and before
+the runtime allocates anything, so a card cannot make `validate --weights` or `runtime.load` do unbounded work.
+Every float of a card is finite (`Strict` refuses .inf and .nan).
 """
 
 from __future__ import annotations
@@ -12,9 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
     PositiveFloat,
-    PositiveInt,
     field_validator,
     model_validator,
 )
@@ -22,6 +25,13 @@ from pydantic import (
 __all__ = [
     "GATED_MLPS",
     "ID_PATTERN",
+    "MAX_CONTEXT",
+    "MAX_HEADS",
+    "MAX_HEAD_DIM",
+    "MAX_LAYERS",
+    "MAX_POSITION_OFFSET",
+    "MAX_VOCAB",
+    "MAX_WIDTH",
     "MLP_KINDS",
     "AlibiPositions",
     "Architecture",
@@ -40,11 +50,33 @@ __all__ = [
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 """Card ids, format and layout names: lowercase a-z, 0-9, '.', '_', '-'."""
 
+# Upper bounds on an architecture's sizes. Each is far above the largest published model (in brackets), so no real
+# card meets one, and each keeps what a card implies finite before any work is done per layer or per position.
+MAX_LAYERS = 1024
+"""layers [126, Llama 3.1 405B]: registry/decoder.py lists every layer's tensors, `validate --weights` compares
+them with the checkpoint, the runtime builds a module per layer; 10**8 layers would be gigabytes of names."""
+MAX_WIDTH = 2**20
+"""hidden_size and ffn_size, 1,048,576 [hidden 18,432 and ffn 73,728, Nemotron-4 340B]: every weight shape and
+the parameter count are products of these."""
+MAX_HEADS = 1024
+"""heads and kv_heads [128, Falcon-40B and Llama 3.1 405B]: per-head tensors and the attention's head split."""
+MAX_HEAD_DIM = 2**16
+"""head_dim, 65,536 [256, Gemma]: the rotary tables and every attention shape are multiples of it."""
+MAX_VOCAB = 2**22
+"""vocab_size, 4,194,304 [262,144, Gemma 3]: the embedding and lm_head have this many rows; token ids are below it."""
+MAX_CONTEXT = 2**24
+"""context_length, sliding_window and a rope scaling's original_context_length, 16,777,216 [10M, Llama 4 Scout]:
+position tables, masks and the memory planner's KV cache grow with it (a YAML `1.0e30` is an integer to pydantic)."""
+MAX_POSITION_OFFSET = 1024
+"""A learned position table's unused leading rows [2, OPT]."""
+
 
 class Strict(BaseModel):
-    """Every card model: frozen, unknown fields rejected (a typo is an error, not an ignored setting)."""
+    """Every card model: frozen, unknown fields rejected (a typo is an error, not an ignored setting), and every
+    float finite: .inf or .nan as an eps, rope base, temperature or penalty is refused, naming the field, instead of
+    turning a forward pass into NaNs."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LinearRopeScaling(Strict):
@@ -60,7 +92,7 @@ class DynamicRopeScaling(Strict):
 
     kind: Literal["dynamic"] = "dynamic"
     factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
-    original_context_length: PositiveInt
+    original_context_length: Annotated[int, Field(gt=0, le=MAX_CONTEXT)]
 
 
 class Llama3RopeScaling(Strict):
@@ -71,7 +103,7 @@ class Llama3RopeScaling(Strict):
     factor: Annotated[float, Field(ge=1.0, allow_inf_nan=False)]
     low_freq_factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
     high_freq_factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
-    original_context_length: PositiveInt
+    original_context_length: Annotated[int, Field(gt=0, le=MAX_CONTEXT)]
 
     @model_validator(mode="after")
     def _factors_are_ordered(self) -> Llama3RopeScaling:
@@ -118,7 +150,7 @@ class LearnedPositions(Strict):
     of a table with context_length + offset rows (OPT keeps two unused rows first: offset 2)."""
 
     kind: Literal["learned"] = "learned"
-    offset: NonNegativeInt = 0
+    offset: Annotated[int, Field(ge=0, le=MAX_POSITION_OFFSET)] = 0
 
 
 Positions = Annotated[RotaryPositions | AlibiPositions | LearnedPositions, Field(discriminator="kind")]
@@ -191,21 +223,31 @@ GATED_MLPS = frozenset({"swiglu", "geglu", "geglu_tanh"})
 
 
 class Architecture(Strict):
+    """The decoder's shape. Sizes are bounded, far above any published model, and checked before anything is
+    derived from them: layers <= 1024; hidden_size, ffn_size <= 2**20; heads, kv_heads <= 1024; head_dim <= 2**16;
+    vocab_size <= 2**22; context_length, sliding_window <= 2**24."""
+
     family: str = Field(description="Human-readable model family, e.g. GPT-NeoX, Llama.")
     checkpoint_layout: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
         description="Name of the registered checkpoint layout the weights use (gpt-neox, falcon, llama, btlm, ...)."
     )
-    layers: PositiveInt
-    hidden_size: PositiveInt
-    heads: PositiveInt
-    kv_heads: PositiveInt = Field(description="Key/value heads: = heads for MHA, fewer for GQA, 1 for MQA.")
-    head_dim: PositiveInt = Field(
+    layers: Annotated[int, Field(gt=0, le=MAX_LAYERS)]
+    hidden_size: Annotated[int, Field(gt=0, le=MAX_WIDTH)]
+    heads: Annotated[int, Field(gt=0, le=MAX_HEADS)]
+    kv_heads: Annotated[int, Field(gt=0, le=MAX_HEADS)] = Field(
+        description="Key/value heads: = heads for MHA, fewer for GQA, 1 for MQA."
+    )
+    head_dim: Annotated[int, Field(gt=0, le=MAX_HEAD_DIM)] = Field(
         default=None,  # type: ignore[assignment]  # filled in before validation; None only until checked
         description="Dimensions of each attention head; hidden_size / heads when left out (Gemma sets its own).",
     )
-    ffn_size: PositiveInt = Field(description="Inner size of the MLP (per branch for gated MLPs).")
-    vocab_size: PositiveInt = Field(description="Rows of the embedding matrix (may exceed the tokenizer's vocabulary).")
-    context_length: PositiveInt
+    ffn_size: Annotated[int, Field(gt=0, le=MAX_WIDTH)] = Field(
+        description="Inner size of the MLP (per branch for gated MLPs)."
+    )
+    vocab_size: Annotated[int, Field(gt=0, le=MAX_VOCAB)] = Field(
+        description="Rows of the embedding matrix (may exceed the tokenizer's vocabulary)."
+    )
+    context_length: Annotated[int, Field(gt=0, le=MAX_CONTEXT)]
     positions: Positions
     norm: Norm
     embedding_norm: bool = Field(default=False, description="A norm (of `norm`'s kind) on the embeddings (BLOOM).")
@@ -218,7 +260,7 @@ class Architecture(Strict):
         description="; ".join(f"{k}: {v}" for k, v in MLP_KINDS.items())
     )
     residual: Residual
-    sliding_window: PositiveInt | None = Field(
+    sliding_window: Annotated[int, Field(gt=0, le=MAX_CONTEXT)] | None = Field(
         default=None,
         description="Each query sees itself and the sliding_window - 1 tokens before it (Mistral); none: all before.",
     )

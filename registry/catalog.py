@@ -240,26 +240,37 @@ class Registry:
         return kept
 
     def _build_index(self) -> dict[str, list[tuple[int, Entry]]]:
+        """name -> (rank, entry) claims; each card claims a name once, at its best rank. Linear in the names: 10,000
+        cards sharing one repository are 10,000 claims of one name, appended without comparing them."""
         index: dict[str, list[tuple[int, Entry]]] = {}
         for entry in self._entries:
             card = entry.card
             repo = [(2, card.source.repo.lower())] if card.source.repo else []
-            names = [(0, card.id), *((1, a.lower()) for a in card.aliases), *repo]
-            for rank, name in names:
-                slot = index.setdefault(name, [])
-                if not any(other is entry for _, other in slot):
-                    slot.append((rank, entry))
+            names: dict[str, int] = {}
+            for rank, name in [(0, card.id), *((1, a.lower()) for a in card.aliases), *repo]:
+                names.setdefault(name, rank)  # ranks ascend: the first is the best
+            for name, rank in names.items():
+                index.setdefault(name, []).append((rank, entry))
         self._report_conflicts(index)
         return index
 
     def _report_conflicts(self, index: dict[str, list[tuple[int, Entry]]]) -> None:
-        """One diagnostic per pair of cards that claim a name (ids and aliases; repositories may be shared)."""
+        """One diagnostic per pair of cards that claim a name (ids and aliases; repositories may be shared).
+
+        Each claimant of a name is paired with the name's first claimant at the best rank (the card whose id it is,
+        if any), never every claimant with every other: k cards sharing an alias are k - 1 diagnostics, linear."""
         pairs: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
         entries = {id(e): e for e in self._entries}
         for name, claims in sorted(index.items()):
             named = [(rank, e) for rank, e in claims if rank < 2]  # repositories may be shared: not compared
-            for i, (rank_a, a) in enumerate(named):
-                for rank_b, b in named[i + 1 :]:
+            if len(named) < 2:
+                continue
+            best = min(range(len(named)), key=lambda i: named[i][0])
+            for i, (rank, other) in enumerate(named):  # each pair in the cards' order, as their other names are
+                if i != best:
+                    (rank_a, a), (rank_b, b) = (
+                        (named[best], (rank, other)) if best < i else ((rank, other), named[best])
+                    )
                     pairs.setdefault((id(a), id(b)), []).append((rank_a, rank_b, name))
         for (ida, idb), shared in pairs.items():
             first, second = entries[ida], entries[idb]

@@ -1,5 +1,6 @@
-"""Reading a checkpoint folder's files, bounded: the one way a file of a checkpoint is opened (weights, config.json,
-indexes; runtime/convert.py's pickles and copies too), and the one JSON parser for what is in them.
+"""Reading files that may be hostile, bounded: the one way a file of a checkpoint is opened (weights, config.json,
+indexes; runtime/convert.py's pickles and copies too) and a card file is read (registry/cardfile.py), and the one
+JSON parser for what a checkpoint holds.
 
     open_regular / read_regular   a plain file name inside the folder, a regular file once symbolic links are
                                   followed (a Hugging Face cache snapshot links into blobs/), never a FIFO, device,
@@ -10,6 +11,7 @@ indexes; runtime/convert.py's pickles and copies too), and the one JSON parser f
     MAX_CONFIG_BYTES (16 MiB)     config.json (real ones are a few KB)
     MAX_INDEX_BYTES (64 MiB)      model.safetensors.index.json, pytorch_model.bin.index.json (~100 bytes a tensor:
                                   the largest published checkpoints' are ~10 MB)
+    MAX_JSON_DEPTH, MAX_INT_DIGITS  also the limits of card files' YAML (registry/cardfile.py)
 
 Each refusal is a FileRefusedError: the file, why ("is a FIFO (named pipe), not a regular file") and what to do.
 """
@@ -100,7 +102,12 @@ def _os_refusal(path: Path, exc: OSError) -> FileRefusedError:
     )
 
 
-def open_regular(folder: Path, name: str, limit: int | None = None, within: Sequence[Path] = ()) -> BinaryIO:
+TOO_LARGE_HINT = "a checkpoint's config.json and index files are far smaller: download it again"
+
+
+def open_regular(
+    folder: Path, name: str, limit: int | None = None, within: Sequence[Path] = (), too_large: str = TOO_LARGE_HINT
+) -> BinaryIO:
     """`folder/name` opened for reading, if `name` is a plain file name and the file, once symbolic links are followed,
     is a regular file (of at most `limit` bytes; resolved inside one of the `within` folders when they are given).
 
@@ -129,7 +136,7 @@ def open_regular(folder: Path, name: str, limit: int | None = None, within: Sequ
             raise FileRefusedError(
                 path,
                 f"is {status.st_size:,} bytes, over the {limit:,}-byte limit for this file",
-                "a checkpoint's config.json and index files are far smaller: download it again",
+                too_large,
             )
         os.set_blocking(descriptor, True)
         return os.fdopen(descriptor, "rb")
@@ -140,17 +147,17 @@ def open_regular(folder: Path, name: str, limit: int | None = None, within: Sequ
         raise
 
 
-def read_regular(folder: Path, name: str, limit: int) -> bytes:
+def read_regular(folder: Path, name: str, limit: int, too_large: str = TOO_LARGE_HINT) -> bytes:
     """The content of `folder/name`, opened by `open_regular`, at most `limit` bytes (a file that grows while read
-    is refused too)."""
-    with open_regular(folder, name, limit) as f:
+    is refused too); `too_large` is what to do about a file over the limit."""
+    with open_regular(folder, name, limit, too_large=too_large) as f:
         try:
             data = f.read(limit + 1)
         except OSError as exc:
             raise _os_refusal(folder / name, exc) from None
     if len(data) > limit:
         raise FileRefusedError(
-            folder / name, f"grew past the {limit:,}-byte limit for this file while it was read", "download it again"
+            folder / name, f"grew past the {limit:,}-byte limit for this file while it was read", too_large
         )
     return data
 

@@ -18,6 +18,8 @@ ignored setting. Cross-field rules live in model validators next to the fields t
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -83,6 +85,42 @@ SCHEMA_VERSION = 1
 # card states none. Checked for shape, not against the full SPDX list.
 _SPDX_PATTERN = re.compile(r"^[A-Za-z0-9.+-]+( (AND|OR|WITH) [A-Za-z0-9.+-]+)*$")
 
+# A Hugging Face repository id as the hub accepts them (huggingface_hub's validate_repo_id): owner/name, each part
+# 1-96 of A-Z a-z 0-9 . _ -, not starting or ending with '.' or '-'; '..', '--' and a '.git' ending are refused
+# too. Nothing in it acts as a path: no '\\', no second '/', no leading '/', no '.' or '..' part.
+_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+REPO_PATTERN = rf"^{_REPO_PART}/{_REPO_PART}$"
+# source.bundled: a dotted Python package name, ':' and a folder inside the package, relative, with / separators
+# and no '.' or '..' part (refused by the validator: a regex without lookahead cannot), so it cannot leave it.
+_BUNDLED_PART = r"[A-Za-z0-9._-]+"
+BUNDLED_PATTERN = rf"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:{_BUNDLED_PART}(?:/{_BUNDLED_PART})*$"
+REPO_RULE = (
+    "a Hugging Face repository id: owner/name (e.g. EleutherAI/pythia-1b), each part 1-96 of A-Z a-z 0-9 . _ -, "
+    "not starting or ending with '.' or '-', with no '..' or '--' and no '.git' at the end"
+)
+BUNDLED_RULE = (
+    "'package:folder' with a folder inside the package: an importable package (e.g. modeldeck.cards), ':', and a "
+    "relative folder in it with / separators, no '.' or '..' parts and nothing absolute (e.g. modeldeck.cards:tiny-neox)"
+)
+PATTERN_RULES = {"source.repo": REPO_RULE, "source.bundled": BUNDLED_RULE}
+"""What a field's pattern means, by the field's path: card files report a mismatch in these words."""
+
+
+def _repeated(values: Iterable[str], show: Callable[[str], str] = str) -> str | None:
+    """The values that occur more than once, sorted (the first five, then how many more), or None. Linear, with a
+    Counter: a card listing 100,000 revisions validates in time proportional to them."""
+    repeated = sorted(v for v, n in Counter(values).items() if n > 1)
+    if not repeated:
+        return None
+    listed = ", ".join(map(show, repeated[:5]))
+    return listed + (f" and {len(repeated) - 5:,} more" if len(repeated) > 5 else "")
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: an error quotes a hostile value, never all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
 
 # --- identity & source -----------------------------------------------------------------------------
 
@@ -113,7 +151,7 @@ class PinnedFile(Strict):
 
 
 class Source(Strict):
-    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")] | None = Field(
+    repo: Annotated[str, Field(pattern=REPO_PATTERN)] | None = Field(
         default=None,
         description="Hugging Face hub repository, owner/name. May be left out by a card whose weights are bundled "
         "or always given locally (--weights DIR, weights=DIR); downloading and cache lookups then refuse, "
@@ -130,23 +168,40 @@ class Source(Strict):
         default_factory=dict, description="Revisions that name the same checkpoint, e.g. main: step143000."
     )
     files: list[PinnedFile] = Field(default_factory=list, description="Files pinned by sha256 and size.")
-    bundled: Annotated[str, Field(pattern=r"^[\w.]+:[\w./-]+$")] | None = Field(
+    bundled: Annotated[str, Field(pattern=BUNDLED_PATTERN)] | None = Field(
         default=None,
         description="Weights shipped inside a Python package, as 'package:folder' (e.g. modeldeck.cards:tiny-neox); "
         "used instead of the hub, so the model runs with no network.",
     )
 
+    @field_validator("repo")
+    @classmethod
+    def _repo_is_a_hub_id(cls, value: str | None) -> str | None:
+        """Beyond the pattern: the hub's own rules, and no '..' (a repository id becomes a cache folder's name)."""
+        if value is not None and (".." in value or "--" in value or value.endswith(".git")):
+            raise ValueError(f"{_shown(value)} is not {REPO_RULE}")
+        return value
+
+    @field_validator("bundled")
+    @classmethod
+    def _bundled_stays_in_its_package(cls, value: str | None) -> str | None:
+        """Beyond the pattern: no '.' or '..' part, so the folder cannot leave its package (`modeldeck verify` would
+        read what `modeldeck.cards:../../../../etc` names)."""
+        if value is not None and any(p in (".", "..") for p in value.partition(":")[2].split("/")):
+            raise ValueError(f"{_shown(value)} is not {BUNDLED_RULE}")
+        return value
+
     @model_validator(mode="after")
     def _revisions_are_consistent(self) -> Source:
-        paths = [f.path for f in self.files]
-        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        repeated = _repeated(f.path for f in self.files)
         if repeated:
-            raise ValueError(f"files pins {', '.join(repeated)} more than once; pin each file once")
-        duplicates = sorted({r for r in self.revisions if self.revisions.count(r) > 1})
+            raise ValueError(f"files pins {repeated} more than once; pin each file once")
+        duplicates = _repeated(self.revisions)
         if duplicates:
-            raise ValueError(f"revisions lists {', '.join(duplicates)} more than once; list each revision once")
+            raise ValueError(f"revisions lists {duplicates} more than once; list each revision once")
+        listed = set(self.revisions)
         for alias, target in self.revision_aliases.items():
-            if self.revisions and target not in self.revisions:
+            if listed and target not in listed:
                 raise ValueError(
                     f"revision_aliases maps {alias!r} to {target!r}, which is not in revisions; add it there or fix the alias"
                 )
@@ -221,10 +276,9 @@ class Tokenizer(Strict):
                 raise ValueError(
                     f"special token {token.text!r} is declared with two ids, {seen[token.text]} and {token.id}"
                 )
-        texts = [m.text for m in self.markers]
-        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        repeated = _repeated((m.text for m in self.markers), repr)
         if repeated:
-            raise ValueError(f"markers lists {', '.join(map(repr, repeated))} more than once")
+            raise ValueError(f"markers lists {repeated} more than once; list each marker once")
         return self
 
 

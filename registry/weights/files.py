@@ -167,7 +167,13 @@ def bundled_folder(card: Card) -> Path:
             f"card {card.id} bundles its weights in {card.source.bundled}, but {folder} is not a folder on disk; "
             f"reinstall the package {package!r} (a zipped install cannot be loaded), or pass {spell('weights', 'DIR')}"
         )
-    return folder.resolve()
+    resolved = folder.resolve()  # the schema refuses '..' and absolute folders; a link must not leave the package
+    if isinstance(root, Path) and not resolved.is_relative_to(root.resolve()):
+        raise WeightsNotFoundError(
+            f"card {card.id} bundles its weights in {card.source.bundled}, but {folder} leads to {resolved}, outside "
+            f"the package {package!r}; reinstall the package, or pass {spell('weights', 'DIR')}"
+        )
+    return resolved
 
 
 def weights_folder(card: Card, weights: str | os.PathLike[str]) -> Path:
