@@ -21,8 +21,8 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from modeldeck import registry  # noqa: E402
-from modeldeck.registry.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from modeldeck.registry.reading import MAX_CONFIG_BYTES, MAX_INT_DIGITS, MAX_JSON_DEPTH  # noqa: E402
+from modeldeck.registry.checkpoint import MAX_HEADER, CheckpointError, read_checkpoint  # noqa: E402
+from modeldeck.registry.reading import MAX_CONFIG_BYTES, MAX_INDEX_BYTES, MAX_INT_DIGITS, MAX_JSON_DEPTH  # noqa: E402
 from modeldeck.runtime.convert import ConvertError, convert_checkpoint  # noqa: E402
 from modeldeck.runtime.loading import load_decoder  # noqa: E402
 
@@ -291,3 +291,23 @@ def test_convert_into_a_folder_that_cannot_be_made_says_so(run_cli, tiny_checkpo
     refused(
         result, f"cannot write the safetensors checkpoint to {blocker / 'out'} (Not a directory); nothing was converted"
     )
+
+
+def test_an_index_over_its_size_limit_is_refused_unread(run_cli, tiny_checkpoint, tmp_path):
+    ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
+    directory = tmp_path / "sharded"
+    ckpt.reference.save_pretrained(directory, max_shard_size="200KB")
+    with (directory / "model.safetensors.index.json").open("r+b") as f:
+        f.truncate(MAX_INDEX_BYTES + 1)  # sparse
+    refused(
+        run_cli("inspect", str(directory)),
+        f"model.safetensors.index.json is {MAX_INDEX_BYTES + 1:,} bytes, over the {MAX_INDEX_BYTES:,}-byte limit",
+    )
+
+
+def test_a_header_length_over_the_safetensors_limit_is_refused_unread(tiny_checkpoint, tmp_path):
+    directory = copy(tiny_checkpoint("gpt-neox", tokenizer=False), tmp_path)
+    with (directory / "model.safetensors").open("r+b") as f:
+        f.write((MAX_HEADER + 1).to_bytes(8, "little"))  # a length the safetensors library would refuse too
+    with pytest.raises(CheckpointError, match=f"its header length is over the {MAX_HEADER:,} bytes"):
+        read_checkpoint(directory)
