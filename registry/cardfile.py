@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from modeldeck.registry.diagnostics import CardError, Diagnostic
+from modeldeck.registry.diagnostics import CardError, Diagnostic, short
 from modeldeck.registry.reading import MAX_INT_DIGITS, MAX_JSON_DEPTH, FileRefusedError, read_regular
 from modeldeck.registry.schema import PATTERN_RULES, Card
 
@@ -230,14 +230,6 @@ def card_from_data(data: Any, where: str, node: yaml.Node | None = None) -> Card
 _Keys = dict[int, dict[str, tuple[int, yaml.Node]]]
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: a hint quotes a hostile value, never all of it."""
-    if isinstance(value, int) and value.bit_length() > 64:  # repr refuses ints over 4,300 digits
-        return f"an integer of {int(value.bit_length() * 0.30103) + 1:,} digits"
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
 def _diagnostic(err: ErrorDetails, where: str, node: Any, keys: _Keys) -> Diagnostic:
     loc = tuple(err["loc"])
     path, line = _locate(loc, node, keys)
@@ -248,19 +240,19 @@ def _diagnostic(err: ErrorDetails, where: str, node: Any, keys: _Keys) -> Diagno
         name = str(loc[-1])
         allowed = sorted(_fields_at(loc[:-1]))
         close = difflib.get_close_matches(name, allowed, n=1)
-        message = f"unknown field {_short(name)}"
+        message = f"unknown field {short(name)}"
         hint = (f"did you mean {close[0]!r}? " if close else "") + f"fields allowed here: {', '.join(allowed)}"
     elif kind == "missing":
         message = "required field is missing"
         hint = f"add `{path.rsplit('.', 1)[-1]}`"
     elif kind == "string_pattern_mismatch" and path in PATTERN_RULES:
-        message = f"{_short(err['input'])} is not {PATTERN_RULES[path]}"
+        message = f"{short(err['input'])} is not {PATTERN_RULES[path]}"
     elif kind == "less_than_equal":  # a bound of the schema (registry/architecture.py says why each)
-        hint = f"got {_short(err['input'])}; make it at most {err.get('ctx', {}).get('le')}"
+        hint = f"got {short(err['input'])}; make it at most {err.get('ctx', {}).get('le')}"
     elif kind == "finite_number":
-        hint = f"got {_short(err['input'])}; write a finite number (.inf and .nan are not allowed)"
+        hint = f"got {short(err['input'])}; write a finite number (.inf and .nan are not allowed)"
     elif kind not in ("value_error", "assertion_error"):
-        hint = f"got {_short(err['input'])}"
+        hint = f"got {short(err['input'])}"
     return Diagnostic("error", message, where, line, path or None, hint)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modeldeck.registry.decoder import ALIBI_SLOPES, Dim, concrete_tensors, qkv_parts, shape
-from modeldeck.registry.diagnostics import ModeldeckError, spell
+from modeldeck.registry.diagnostics import ModeldeckError, short, spell
 from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.params import count_parameters
 from modeldeck.registry.reading import (
@@ -43,7 +43,6 @@ from modeldeck.registry.reading import (
     parse_json,
     plain_name,
     read_regular,
-    short,
 )
 from modeldeck.registry.schema import Architecture, Card
 

@@ -8,9 +8,18 @@ from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-__all__ = ["CardError", "Diagnostic", "ModeldeckError", "Severity", "command_line", "spell"]
+__all__ = ["CardError", "Diagnostic", "ModeldeckError", "Severity", "command_line", "short", "spell"]
 
 Severity = Literal["error", "warning", "info"]
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a message quotes a hostile value (a card's, a header's), never all of
+    it; an integer too long for repr (over 4,300 digits) is described by its size."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {int(value.bit_length() * 0.30103) + 1:,} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 @dataclass(frozen=True)

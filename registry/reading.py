@@ -38,7 +38,6 @@ __all__ = [
     "parse_json",
     "plain_name",
     "read_regular",
-    "short",
 ]
 
 MAX_CONFIG_BYTES = 16 * 2**20  # config.json: a few KB in every published checkpoint
@@ -76,12 +75,6 @@ _KINDS = (
 def plain_name(name: str) -> bool:
     """A file name without any path: not empty, `.` or `..`, no `/`, `\\` or NUL (so never absolute either)."""
     return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
-
-
-def short(value: object, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: a hostile header's values are echoed, never whole."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _require_regular(path: Path, mode: int) -> None:

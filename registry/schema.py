@@ -49,6 +49,7 @@ from modeldeck.registry.architecture import (  # the architecture section, re-ex
     RotaryPositions,
     Strict,
 )
+from modeldeck.registry.diagnostics import short
 
 __all__ = [
     "MLP_KINDS",
@@ -116,12 +117,6 @@ def _repeated(values: Iterable[str], show: Callable[[str], str] = str) -> str | 
     return listed + (f" and {len(repeated) - 5:,} more" if len(repeated) > 5 else "")
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: an error quotes a hostile value, never all of it."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
 # --- identity & source -----------------------------------------------------------------------------
 
 
@@ -179,7 +174,7 @@ class Source(Strict):
     def _repo_is_a_hub_id(cls, value: str | None) -> str | None:
         """Beyond the pattern: the hub's own rules, and no '..' (a repository id becomes a cache folder's name)."""
         if value is not None and (".." in value or "--" in value or value.endswith(".git")):
-            raise ValueError(f"{_shown(value)} is not {REPO_RULE}")
+            raise ValueError(f"{short(value)} is not {REPO_RULE}")
         return value
 
     @field_validator("bundled")
@@ -188,7 +183,7 @@ class Source(Strict):
         """Beyond the pattern: no '.' or '..' part, so the folder cannot leave its package (`modeldeck verify` would
         read what `modeldeck.cards:../../../../etc` names)."""
         if value is not None and any(p in (".", "..") for p in value.partition(":")[2].split("/")):
-            raise ValueError(f"{_shown(value)} is not {BUNDLED_RULE}")
+            raise ValueError(f"{short(value)} is not {BUNDLED_RULE}")
         return value
 
     @model_validator(mode="after")
