@@ -184,6 +184,55 @@ def test_a_missing_environment_says_how_to_create_it(run_cli: Any, tmp_path: Pat
     no_traceback(result)
 
 
+def fake_environment(env: Path, imports: bool) -> Path:
+    """A folder shaped like a virtual environment whose python answers `import vllm` (or fails to)."""
+    (env / "bin").mkdir(parents=True)
+    python = env / "bin" / "python"
+    python.write_text("#!/bin/sh\necho 0.9.9\n" if imports else "#!/bin/sh\nexit 1\n")
+    python.chmod(0o755)
+    return python
+
+
+def test_an_interrupted_install_is_unfinished_and_the_next_install_rebuilds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = tmp_path / "vllm-env"
+    fake_environment(env, imports=False)  # what a killed install leaves: a python, no vLLM, no mark
+    monkeypatch.delenv(engine.ENV_PYTHON, raising=False)
+    monkeypatch.setenv(engine.ENV_HOME, str(env))
+    with pytest.raises(engine.EngineNotInstalledError, match=r"vllm-env is unfinished \(an install was interrupted\)"):
+        engine.find_python()
+    rebuilt: list[list[str]] = []
+
+    def steps(target: Path, device: str, python: str = sys.executable) -> list[list[str]]:
+        assert not target.exists()  # the unfinished one was removed first
+        rebuilt.append([str(target)])
+        script = f"import os, pathlib; p = pathlib.Path({str(target)!r}) / 'bin'; p.mkdir(parents=True); (p / 'python').symlink_to({sys.executable!r})"
+        return [
+            [sys.executable, "-c", script],
+            [str(target / "bin" / "python"), "-c", "import sys; print('vllm 0.9.9')"],
+        ]
+
+    monkeypatch.setattr(engine, "install_steps", steps)
+    said: list[str] = []
+    assert engine.install(env, "cpu", said.append) == env / "bin" / "python"
+    assert rebuilt and f"removing {env} (an unfinished environment)" in said
+    assert (env / engine.INSTALLED).read_text() == "vllm 0.9.9\n"
+    assert engine.find_python() == env / "bin" / "python"
+    with pytest.raises(engine.EngineError, match="already holds an environment; pass --force"):
+        engine.install(env, "cpu", said.append)
+
+
+def test_a_working_environment_without_the_mark_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = tmp_path / "vllm-env"
+    python = fake_environment(env, imports=True)  # made before the mark existed
+    monkeypatch.setattr(engine, "install_steps", lambda *a, **k: pytest.fail("a working environment was rebuilt"))
+    said: list[str] = []
+    assert engine.install(env, "cpu", said.append) == python
+    assert said == [f"{env} holds a working environment (vllm 0.9.9) without modeldeck's mark: kept"]
+    assert (env / engine.INSTALLED).read_text() == "vllm 0.9.9\n"
+
+
 def test_modeldeck_runtime_options_are_refused_on_vllm(run_cli: Any) -> None:
     result = run_cli("serve", "tiny-neox", "--engine", "vllm", "--quantize", "int8", "--port", "0")
     assert "--quantize is an option of modeldeck's runtime; the vllm engine chooses its own kernels" in result.stderr

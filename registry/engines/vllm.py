@@ -179,6 +179,19 @@ def _python_of(env: Path) -> Path:
     return env / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
 
 
+INSTALLED = ".modeldeck-installed"
+"""Written into the environment as `install`'s last step: an environment without it is unfinished (an install that
+was killed, which no `except` can clean up after), not one to run vLLM from."""
+
+
+def _works(env: Path) -> str | None:
+    """vLLM's version when `import vllm` succeeds in the environment at `env`, else None."""
+    done = subprocess.run(
+        [str(_python_of(env)), "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown" if done.returncode == 0 else None
+
+
 def find_python() -> Path:
     """The python of the environment vLLM runs in: $MODELDECK_VLLM_PYTHON, else the one `install` made."""
     given = os.environ.get(ENV_PYTHON)
@@ -190,11 +203,17 @@ def find_python() -> Path:
                 f"vLLM, or unset it and run `modeldeck engine install vllm`"
             )
         return path
-    python = _python_of(default_environment())
+    env = default_environment()
+    python = _python_of(env)
     if not python.is_file():
         raise EngineNotInstalledError(
             f"vLLM's environment is not installed (no {python}); create it with `modeldeck engine install vllm` "
             f"(a virtual environment with vLLM, a few minutes), or set {ENV_PYTHON} to the python of one"
+        )
+    if not (env / INSTALLED).is_file():
+        raise EngineNotInstalledError(
+            f"vLLM's environment in {env} is unfinished (an install was interrupted): run `modeldeck engine install "
+            "vllm` to finish it (it keeps an environment that works, and rebuilds one that does not)"
         )
     return python
 
@@ -214,10 +233,16 @@ def install_steps(env: Path, device: Device, python: str = sys.executable) -> li
 
 
 def install(env: Path, device: Device, say: Callable[[str], None] = print, force: bool = False) -> Path:
-    """Create vLLM's environment at `env` (all or nothing: a failed install removes what it made); its python."""
-    if _python_of(env).is_file() and not force:
+    """Create vLLM's environment at `env` (all or nothing: a failed install removes what it made; one that was killed
+    leaves no INSTALLED mark, and the next install rebuilds it unless vLLM imports there); its python."""
+    if (env / INSTALLED).is_file() and not force:
         raise EngineError(f"{env} already holds an environment; pass --force to build it again")
-    if env.exists() and force:
+    if env.exists() and not force and _python_of(env).is_file() and (version := _works(env)) is not None:
+        say(f"{env} holds a working environment (vllm {version}) without modeldeck's mark: kept")
+        (env / INSTALLED).write_text(f"vllm {version}\n", encoding="utf-8")
+        return _python_of(env)
+    if env.exists():
+        say(f"removing {env} (" + ("--force" if force else "an unfinished environment") + ")")
         shutil.rmtree(env)
     try:
         for step in install_steps(env, device):
@@ -228,6 +253,7 @@ def install(env: Path, device: Device, say: Callable[[str], None] = print, force
                 raise EngineError(f"installing vLLM failed at `{shlex.join(step)}` (exit {done.returncode}):\n{tail}")
             if step[-1].startswith("import vllm"):
                 say(done.stdout.strip())
+        (env / INSTALLED).write_text(done.stdout.strip() + "\n", encoding="utf-8")
     except BaseException:
         shutil.rmtree(env, ignore_errors=True)
         raise
