@@ -359,6 +359,8 @@ def _check_engine(engine: str, **modeldeck_only: object) -> None:
 
     if engine not in ENGINES:
         raise ModeldeckError(f"{spell('engine', repr(engine))} is not an engine; choose one of {', '.join(ENGINES)}")
+    if engine == "llama.cpp":
+        modeldeck_only.pop("quantize")  # int8 is llama.cpp's q8_0
     given = [name for name, value in modeldeck_only.items() if value not in (None, False, "auto")]
     if engine != "modeldeck" and given:
         raise ModeldeckError(
@@ -453,7 +455,8 @@ def load(
 
     `engine="vllm"` runs the card on a vLLM server instead (runtime/vllm.py: a VLLMModel with the same generate,
     chat and stream; close() stops it), `tensor_parallel_size` GPUs wide (default: the memory planner's), with
-    `vllm_args` passed on to vLLM."""
+    `vllm_args` passed on to vLLM. `engine="llama.cpp"` runs the card's GGUF (exported once, then cached) on
+    llama.cpp (runtime/llamacpp.py: a LlamaCppModel; `dtype` picks the GGUF type, `quantize="int8"` is q8_0)."""
     _check_engine(engine, attention=attention, quantize=quantize, cuda_graphs=cuda_graphs)
     if engine == "modeldeck" and (tensor_parallel_size is not None or vllm_args):
         raise ModeldeckError(
@@ -467,6 +470,13 @@ def load(
     else:
         resolved, origin = reg.card_or_file(card)
     layout = reg.checkpoint_layouts()[resolved.architecture.checkpoint_layout]
+    if engine == "llama.cpp":  # before any weight is fetched: the card, the GGUF type and the environment
+        from modeldeck.registry.engines import llamacpp
+
+        if device is not None and str(device) != "cpu":
+            raise ModeldeckError(f"{spell('device', str(device))}: the llama.cpp engine runs on the cpu here")
+        llamacpp.check_card(resolved, llamacpp.outtype_for(_dtype_name(dtype), quantize, resolved))
+        llamacpp.find_python()
     if engine == "vllm":  # before any weight is fetched: the card, the split and the environment
         from modeldeck.registry.engines.vllm import check_card, find_python
 
@@ -480,6 +490,14 @@ def load(
     directory = resolve_weights(resolved, weights=weights, revision=revision, allow_pickle=allow_pickle)
     if verify:
         require_verified(resolved, directory, revision)
+    if engine == "llama.cpp":
+        from modeldeck.runtime.llamacpp import load_llamacpp
+
+        tokenizer = load_tokenizer(resolved, directory)
+        require_card_match(tokenizer, directory, origin)
+        return load_llamacpp(  # type: ignore[return-value]
+            resolved, directory, tokenizer, dtype=_dtype_name(dtype), quantize=quantize
+        )
     if engine == "vllm":
         from modeldeck.runtime.vllm import load_vllm
 

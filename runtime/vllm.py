@@ -28,12 +28,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +37,9 @@ from modeldeck.registry import export, memory
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.registry.engines import vllm as engine
 from modeldeck.registry.schema import Card
-from modeldeck.runtime.batching import (
-    EngineStoppedError,
-    Ticket,
-    TokenEvent,
-    final_event,
-    queue_full,
-    request_sequence,
-)
-from modeldeck.runtime.engine import CardModel, Conversation, Generation
-from modeldeck.runtime.generate import GenerationError, Options, Sequence, check_prompt
+from modeldeck.runtime.batching import Ticket, TokenEvent
+from modeldeck.runtime.generate import Options, Sequence, check_prompt
+from modeldeck.runtime.remote import RemoteBatcher, RemoteModel
 from modeldeck.runtime.tokenizer import TextTokenizer
 
 __all__ = ["EngineStartError", "VLLMBatcher", "VLLMModel", "VLLMServer", "load_vllm"]
@@ -210,82 +199,10 @@ def _scored(choice: dict[str, Any], index: int, n: int) -> dict[str, Any]:
     return {"logprob": logprob, "top_logprobs": top[:n]}
 
 
-class VLLMBatcher:
-    """ContinuousBatcher's interface (submit -> Ticket, stats, start, stop) over a vLLM server, which does the
-    batching: up to `max_batch` requests stream at once, `max_queue` more wait, one more is QueueFullError."""
+class VLLMBatcher(RemoteBatcher):
+    """RemoteBatcher over a vLLM server, which does the batching: each request one streamed /v1/completions."""
 
-    scores_prompts = False
-
-    def __init__(self, model: VLLMModel, max_batch: int = 8, max_queue: int = 64):
-        if max_batch < 1 or max_queue < 0:
-            raise ModeldeckError(
-                f"max_batch={max_batch}, max_queue={max_queue}: max_batch must be at least 1 and max_queue at least 0"
-            )
-        self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
-        self._pool = ThreadPoolExecutor(max_batch, thread_name_prefix="modeldeck-vllm")
-        self._lock = threading.Lock()
-        self._futures: set[Future[None]] = set()
-        self._tickets: set[Ticket] = set()
-        self._counts = {"running": 0, "waiting": 0, "completed": 0, "peak_running": 0}
-        self._stopping = False
-        self._abort: str | None = None
-
-    @property
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {**self._counts, "max_batch": self.max_batch, "max_queue": self.max_queue}
-
-    def submit(
-        self, prompt_ids: list[int], options: dict[str, Any] | Options | None = None, logprobs: int | None = None
-    ) -> Ticket:
-        """Queue one request (Model.generate's keywords or resolved Options), checked here with modeldeck's
-        messages; its events come as vLLM streams its tokens."""
-        sequence = request_sequence(self.model, prompt_ids, options, logprobs)
-        ticket = Ticket(sequence.prompt, sequence.opts, lambda: None, logprobs)
-        with self._lock:
-            if self._stopping:
-                raise EngineStoppedError("the engine is stopping and takes no new requests; submit to a running engine")
-            if self._counts["running"] + self._counts["waiting"] >= self.max_batch + self.max_queue:
-                raise queue_full(self.max_queue, self.max_batch)
-            self._counts["waiting"] += 1
-            self._tickets.add(ticket)
-            future = self._pool.submit(self._run, ticket, sequence)
-            self._futures.add(future)
-        future.add_done_callback(self._futures.discard)
-        return ticket
-
-    def start(self) -> None:
-        """Nothing to start: the server runs since load (ContinuousBatcher's interface)."""
-
-    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
-        """Take no new requests; let running and queued ones finish (drain, up to `timeout` s), or end them now
-        with finish_reason "error"."""
-        with self._lock:
-            self._stopping = True
-            futures = list(self._futures)
-        if not drain:
-            self._abort = "the engine shut down before this request finished (stopped without draining); retry it"
-        _, pending = wait_all(futures, timeout)
-        if pending:
-            self._abort = f"the engine shut down before this request finished (drain timeout of {timeout} s); retry it"
-        self._pool.shutdown(wait=True)
-
-    def _run(self, ticket: Ticket, sequence: Sequence) -> None:
-        with self._lock:
-            self._counts["waiting"] -= 1
-            self._counts["running"] += 1
-            self._counts["peak_running"] = max(self._counts["peak_running"], self._counts["running"])
-        try:
-            finish, error, last = self._stream(ticket, sequence)
-        except Exception as exc:  # a broken connection or a bug: this request fails, cleanly
-            log.exception("a vLLM request failed")
-            finish, error, last = "error", f"the vLLM server failed this request: {type(exc).__name__}: {exc}", {}
-        with self._lock:
-            self._counts["running"] -= 1
-            self._counts["completed"] += 1
-            self._tickets.discard(ticket)
-        event = final_event(sequence, finish, error, last)
-        ticket._publish(event, sequence.completion())
+    engine = "vLLM"
 
     def _stream(self, ticket: Ticket, sequence: Sequence) -> tuple[str, str | None, dict[str, Any]]:
         """Stream one request from vLLM into `sequence`: (finish reason, error, the last token's scores)."""
@@ -325,13 +242,13 @@ def _error_text(response: Any) -> str:
 # --- the model -------------------------------------------------------------------------------------
 
 
-class VLLMModel(CardModel):
+class VLLMModel(RemoteModel):
     """A card running on a vLLM server: Model's generate/chat/stream and the server's batcher (`batcher`), with
     the card's prompt format, defaults and stop strings applied by modeldeck. close() (or the end of a `with`
     block, or the interpreter) stops the server."""
 
     engine = "vllm"
-    scores_prompts = False
+    batcher_class = VLLMBatcher
 
     def __init__(
         self,
@@ -351,7 +268,6 @@ class VLLMModel(CardModel):
         self.precision = f"vLLM's {dtype}"
         self._folder = folder
         self.client = httpx.Client(base_url=server.url, timeout=httpx.Timeout(None, connect=10.0))
-        self._own: VLLMBatcher | None = None
 
     def __repr__(self) -> str:
         return (
@@ -359,16 +275,9 @@ class VLLMModel(CardModel):
             f"tensor_parallel_size={self.tensor_parallel_size}, url={self.server.url!r})"
         )
 
-    def __enter__(self) -> VLLMModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         """Stop the vLLM server and remove its model folder."""
-        if self._own is not None:
-            self._own.stop(drain=False)
+        super().close()
         self.client.close()
         self.server.stop()
         self._folder.cleanup()
@@ -378,44 +287,6 @@ class VLLMModel(CardModel):
         arch = self.card.architecture
         check_prompt(prompt_ids, arch.vocab_size, arch.context_length, opts.max_new_tokens)
         return Sequence(prompt_ids, opts, self.tokenizer.eos_ids, self.text_stream(opts, strip))
-
-    def batcher(self, max_batch: int = 8, max_queue: int = 64) -> VLLMBatcher:
-        return VLLMBatcher(self, max_batch=max_batch, max_queue=max_queue)
-
-    def _submitter(self) -> VLLMBatcher:
-        if self._own is None:
-            self._own = VLLMBatcher(self, max_batch=64, max_queue=4096)
-        return self._own
-
-    def stream(
-        self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
-    ) -> Iterator[str]:
-        opts = self.options(**options)
-        if opts.num_return_sequences != 1:
-            raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
-        ticket = self._submitter().submit(self.encode(prompt, system, raw), opts)
-        try:
-            for event in ticket.events():
-                if event.error:
-                    raise ModeldeckError(event.error)
-                if event.text:
-                    yield event.text
-        finally:
-            ticket.cancel()
-
-    def _run(
-        self, prompts: list[Conversation], system: str | None, raw: bool, options: dict[str, Any]
-    ) -> list[Generation]:
-        opts, encoded = self._prepared(prompts, system, raw, options)
-        n = opts.num_return_sequences
-        one = opts.model_copy(update={"num_return_sequences": 1})
-        seeded = [one if opts.seed is None else one.model_copy(update={"seed": opts.seed + i}) for i in range(n)]
-        tickets = [self._submitter().submit(ids, seeded[i]) for ids in encoded for i in range(n)]
-        completions = [t.result() for t in tickets]
-        for ticket in tickets:
-            if ticket.error:
-                raise ModeldeckError(ticket.error)
-        return self._generations(prompts, system, raw, completions, n)
 
 
 # --- load ------------------------------------------------------------------------------------------

@@ -11,8 +11,19 @@ import click
 
 from modeldeck.registry.cli.common import F, find_card
 from modeldeck.registry.decoder import BACKENDS, DTYPES, QUANTIZE
+from modeldeck.registry.engines import ENGINES
 
-__all__ = ["generation_options", "load_model", "load_options", "load_options_except", "overrides"]
+__all__ = ["engine_option", "generation_options", "load_model", "load_options", "load_options_except", "overrides"]
+
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(list(ENGINES)),
+    default="modeldeck",
+    show_default=True,
+    help="What runs the model: modeldeck's runtime, vLLM or llama.cpp in its environment (`modeldeck engine "
+    "install vllm|llama.cpp`; llama.cpp runs the card's GGUF, exported once: --dtype picks its type, --quantize "
+    "int8 is q8_0).",
+)
 
 _LOAD_OPTIONS = [
     click.option("--weights", type=click.Path(exists=True, file_okay=False), help="A local checkpoint folder."),

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from modeldeck.registry.cli.common import err, json_text, out, report_errors, styled
-from modeldeck.registry.cli.options import generation_options, load_model, load_options, overrides
+from modeldeck.registry.cli.options import engine_option, generation_options, load_model, load_options, overrides
 
 __all__ = ["COMMANDS"]
 
@@ -19,6 +19,7 @@ __all__ = ["COMMANDS"]
 @click.argument("name")
 @click.argument("prompt")
 @load_options
+@engine_option
 @generation_options
 @click.option("--stream", is_flag=True, help="Print the text as it is generated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (text, finish reason, token counts).")
@@ -31,8 +32,11 @@ def generate(name: str, prompt: str, stream: bool, as_json: bool, verbose: bool,
     apply)."""
     system = options.pop("system")
     began = time.perf_counter()
-    model = load_model(name, options)
-    if verbose:
+    model = load_model(name, options, engine=options.pop("engine"))
+    if verbose and model.engine != "modeldeck":
+        err.print(f"loaded {model.card.id} in {time.perf_counter() - began:.2f} s: {model.precision}", markup=False)
+        began = time.perf_counter()
+    elif verbose:
         quantized = f", {model.quantize} weights" if model.quantize else ""
         err.print(
             f"loaded {model.card.id} in {time.perf_counter() - began:.2f} s: {model.device}, "
@@ -84,6 +88,7 @@ Ctrl-C while an answer is written stops that answer; the chat goes on."""
 @click.command()
 @click.argument("name")
 @load_options
+@engine_option
 @generation_options
 @report_errors
 def chat(name: str, **options: Any) -> None:
@@ -91,7 +96,7 @@ def chat(name: str, **options: Any) -> None:
     commands, /exit or Ctrl-D ends it. Ctrl-C stops the answer being written (what was written stays in the
     conversation); at the prompt it ends the chat."""
     system = options.pop("system")
-    model = load_model(name, options)
+    model = load_model(name, options, engine=options.pop("engine"))
     multi_turn = model.card.format.multi_turn
     note = "" if multi_turn else " (a single-turn format: each message is answered on its own)"
     err.print(f"chatting with {model.card.name}{note}; /help, /reset, /exit", markup=False, soft_wrap=True)

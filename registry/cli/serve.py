@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from modeldeck.registry.cli.common import err, find_card, report_errors, styled
-from modeldeck.registry.cli.options import load_model, load_options
+from modeldeck.registry.cli.options import engine_option, load_model, load_options
 from modeldeck.registry.diagnostics import ModeldeckError
 
 __all__ = ["COMMANDS"]
@@ -43,13 +43,7 @@ class PortError(ModeldeckError):
     help="Requests that may wait for a batch slot; one more is answered 429 at once.",
 )
 @click.option("--served-name", help="The model id clients use and /v1/models shows (default: the card's id).")
-@click.option(
-    "--engine",
-    type=click.Choice(["modeldeck", "vllm"]),
-    default="modeldeck",
-    show_default=True,
-    help="What runs the model: modeldeck's runtime, or vLLM in its environment (`modeldeck engine install vllm`).",
-)
+@engine_option
 @click.option(
     "--tensor-parallel-size",
     type=click.IntRange(min=1),
@@ -108,11 +102,10 @@ def serve_command(name: str, **options: Any) -> None:
             running.callback(model.close)
         url = _url(host, sock.getsockname()[1])
         dtype = str(model.dtype).removeprefix("torch.")
-        where = (
-            f"vLLM on {model.device}, tensor parallel {model.tensor_parallel_size}"
-            if model.engine == "vllm"
-            else model.device
-        )
+        where = {
+            "vllm": f"vLLM on {model.device}, tensor parallel {getattr(model, 'tensor_parallel_size', 1)}",
+            "llama.cpp": "llama.cpp on cpu, one sequence at a time",
+        }.get(model.engine, str(model.device))
         err.print(
             f"serving {model.card.id} ({where}, {dtype}; up to {options['max_batch']} requests batched, "
             f"{options['max_queue']} queued) at {url}/v1",

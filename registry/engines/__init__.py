@@ -1,5 +1,6 @@
-"""Engines besides modeldeck's own runtime, as data built from a card (torch-free): vllm.py."""
+"""Engines besides modeldeck's own runtime, as data built from a card (torch-free): vllm.py, llamacpp.py, and the
+environments they run in (environment.py)."""
 
-ENGINES = ("modeldeck", "vllm")
+ENGINES = ("modeldeck", "vllm", "llama.cpp")
 
 __all__ = ["ENGINES"]

