@@ -60,7 +60,7 @@ Q8_BLOCK = 32  # ggml's Q8_0 quantizes rows in blocks of 32 values
 
 # checkpoint layout -> (llama.cpp's GGUF architecture, the transformers class the converter picks its model by)
 ARCHITECTURES = {
-    "gpt-neox": ("gpt_neox", "GPTNeoXForCausalLM"),
+    "gpt-neox": ("gptneox", "GPTNeoXForCausalLM"),
     "falcon": ("falcon", "FalconForCausalLM"),
     "falcon-7b": ("falcon", "FalconForCausalLM"),
     "llama": ("llama", "LlamaForCausalLM"),

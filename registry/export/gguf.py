@@ -147,7 +147,24 @@ def _stage(card: Card, source: Path, hf_class: str, into: Path) -> Path:
         raise ExportError(f"{source / 'config.json'} cannot be read as JSON: {error}") from None
     config_path.unlink()  # a link to the checkpoint's: replaced, never written through
     config_path.write_text(json.dumps(converter_config(card, config, hf_class), indent=2), encoding="utf-8")
+    if card.tokenizer.kind == "sentencepiece":
+        _declare_added_tokens(card, folder / "tokenizer_config.json")
     return folder
+
+
+def _declare_added_tokens(card: Card, path: Path) -> None:
+    """A SentencePiece checkpoint's special tokens beyond tokenizer.model (Aira's <|startofinstruction|> ...) live
+    in files the converter may not get (added_tokens.json); the card declares them, so tokenizer_config.json's
+    added_tokens_decoder names them for the converter, which makes them llama.cpp control tokens. The unknown token
+    keeps its own type."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    decoder = config.setdefault("added_tokens_decoder", {})
+    tok = card.tokenizer
+    unk = tok.unk.id if tok.unk is not None else None
+    for text, token_id in tok.declared_special().items():
+        if token_id != unk:
+            decoder.setdefault(str(token_id), {"content": text, "special": True})
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _differences(expected: dict[str, TypedValue], fields: dict[str, Any]) -> list[str]:
@@ -205,7 +222,7 @@ def export_gguf(
         spec = {"model": str(folder), "outfile": str(partial), "outtype": outtype, "overrides": expected}
         llamacpp.run_worker(python, "convert", spec)
         read = llamacpp.run_worker(python, "read", {"path": str(partial)})
-        wrong = _differences(expected, read["fields"])
+        wrong = _differences({"general.architecture": ["string", arch_name], **expected}, read["fields"])
         if wrong:
             raise EngineError("the GGUF llama.cpp's converter wrote does not carry the card:\n  " + "\n  ".join(wrong))
         modelfile, dropped = ollama.modelfile(card, f"./{GGUF_NAME}")
