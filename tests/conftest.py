@@ -320,6 +320,31 @@ def run_python_without(blocked: tuple[str, ...], body: str, timeout: int = 120) 
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
 
 
+# --- Go's text/template, as Ollama runs a Modelfile's TEMPLATE -----------------------------------------
+
+GO_RENDERER = Path(__file__).parent / "export_go" / "render.go"
+
+
+@pytest.fixture(scope="session")
+def go_render(tmp_path_factory):
+    """Go's text/template (Debian's golang-go), as Ollama runs a TEMPLATE; skips where Go is absent."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not installed (apt-get install golang-go): the Ollama template is not rendered")
+    root = tmp_path_factory.mktemp("go")
+    binary = root / "render"
+    env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(root / "cache"), "GOPATH": str(root / "gopath")}
+    subprocess.run([go, "build", "-o", str(binary), str(GO_RENDERER)], check=True, env=env, cwd=root, timeout=300)
+
+    def render(template: str, convs: list[list[dict[str, str]]]) -> list[str]:
+        request = json.dumps({"template": template, "conversations": convs})
+        done = subprocess.run([str(binary)], input=request, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+    return render
+
+
 # --- a live server -------------------------------------------------------------------------------
 
 

@@ -8,10 +8,7 @@ import json
 import logging
 import os
 import random
-import shutil
-import subprocess
 import warnings
-from pathlib import Path
 
 import jinja2
 import pytest
@@ -25,8 +22,6 @@ from modeldeck.registry.schema import Card
 
 transformers = pytest.importorskip("transformers")
 from transformers.utils.chat_template_utils import render_jinja_template  # noqa: E402
-
-GO_RENDERER = Path(__file__).parent / "export_go" / "render.go"
 
 CARDS = registry.cards()
 
@@ -103,26 +98,6 @@ def test_without_a_generation_prompt_the_template_renders_whole_conversations():
     assert rendered == "<|prompt|>Hi<|endoftext|><|answer|>Hello<|endoftext|>"
     [rendered], _ = render_jinja_template([messages[:1]], chat_template=template, add_generation_prompt=False)
     assert rendered == "<|prompt|>Hi<|endoftext|>"
-
-
-@pytest.fixture(scope="session")
-def go_render(tmp_path_factory):
-    """Go's text/template (Debian's golang-go), as Ollama runs a TEMPLATE; skips where Go is absent."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("Go is not installed (apt-get install golang-go): the Ollama template is not rendered")
-    root = tmp_path_factory.mktemp("go")
-    binary = root / "render"
-    env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(root / "cache"), "GOPATH": str(root / "gopath")}
-    subprocess.run([go, "build", "-o", str(binary), str(GO_RENDERER)], check=True, env=env, cwd=root, timeout=300)
-
-    def render(template: str, convs: list[list[dict[str, str]]]) -> list[str]:
-        request = json.dumps({"template": template, "conversations": convs})
-        done = subprocess.run([str(binary)], input=request, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return list(json.loads(done.stdout))
-
-    return render
 
 
 def read_modelfile(text: str) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from modeldeck.registry.engines.environment import EngineError, EngineNotInstall
 from modeldeck.registry.export import gguf
 
 from .conftest import first_party_card_data, tiny_card_data
-from .test_export import go_render, read_modelfile  # noqa: F401  (go_render: a fixture)
+from .test_export import read_modelfile
 
 
 def llamacpp_python() -> Path | None:
@@ -53,13 +53,13 @@ def card_with(seed: str, **architecture: Any) -> Any:
 
 
 def test_gpt_jx_is_refused_with_the_reason() -> None:
-    with pytest.raises(EngineError, match="llama.cpp has no BTLM \\(GPT-JX\\) graph"):
+    with pytest.raises(EngineError, match=r"llama.cpp has no BTLM \(GPT-JX\) graph"):
         engine.check_card(registry.get("gpt-jx-3b"))
 
 
 def test_gguf_types_the_converter_lacks_and_q8_0_widths_are_refused() -> None:
     card = registry.get("pythia-160m")
-    with pytest.raises(EngineError, match="GGUF type 'q4_0' is not one llama.cpp's converter writes"):
+    with pytest.raises(EngineError, match=r"GGUF type 'q4_0' is not one llama\.cpp's converter writes"):
         engine.check_card(card, "q4_0")
     assert engine.check_card(card, "q8_0") == ("gptneox", "GPTNeoXForCausalLM")
     odd = card_with("pythia-1.4b", hidden_size=48, heads=3, kv_heads=3, ffn_size=192)  # head_dim 16
