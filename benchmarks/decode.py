@@ -16,9 +16,10 @@ F.linear ("torch's GEMV pass") and with the kernel modeldeck uses, and the strea
 the bytes of those weights (the memory roofline).
 
 Engines: modeldeck at its default precision (what `runtime.load` picks on this CPU) and at float32, bfloat16,
-float16 and int8 weights; transformers at float32, bfloat16 and float16; llama.cpp (benchmarks/llamacpp.py, from
-a benchmark-only environment built by scripts/llama-cpp-env; skipped with the reason when absent) at f32, f16 and
-q8_0, batch 1. Every measurement is a fresh process; the engines take turns within each round (interleaved) and
+float16 and int8 weights; transformers at float32, bfloat16 and float16; llama.cpp itself (benchmarks/llamacpp.py)
+and modeldeck's `--engine llama.cpp` (md-llama.cpp: the same GGUF behind modeldeck's front end and sampling) at
+f32, f16 and q8_0, batch 1, from llama.cpp's environment (`modeldeck engine install llama.cpp`; skipped with the
+reason when absent) and modeldeck's GGUF export of the card. Every measurement is a fresh process; the engines take turns within each round (interleaved) and
 the report gives medians over rounds. A trial during which other processes took more than --max-others of the
 CPU time is discarded (the share is read from /proc/stat around the trial), so a busy machine shows up as
 discarded trials rather than as slow engines.
@@ -128,8 +129,8 @@ def worker(spec: dict) -> tuple[dict, float]:
     return trial([sys.executable, str(WORKER), json.dumps({**spec, "launched": time.time()})])
 
 
-def llamacpp_trial(checkpoint: Path, outtype: str, args: argparse.Namespace) -> tuple[dict, float]:
-    gguf = llamacpp.convert(checkpoint, llamacpp.gguf_path(checkpoint, outtype), outtype)
+def llamacpp_trial(name: str, checkpoint: Path, outtype: str, args: argparse.Namespace) -> tuple[dict, float]:
+    gguf = llamacpp.convert(decode_worker.modeldeck_card(SHAPES[name]), checkpoint, outtype)
     with gguf.open("rb") as file:  # into the page cache, as `warm` does for the other engines
         while file.read(2**24):
             pass
@@ -175,9 +176,12 @@ def machine(threads: int) -> str:
 def collect(name: str, args: argparse.Namespace, checkpoint: Path) -> dict:
     """Every trial of one shape: `rounds` rounds, each running every engine configuration once, in turn."""
     configs = [("modeldeck", p) for p in args.modeldeck] + [("transformers", p) for p in args.transformers]
-    skipped = llamacpp.available() if args.llamacpp else "not asked for"
+    skipped = llamacpp.available() if args.llamacpp or args.llamacpp_engine else "not asked for"
     if skipped is None:
         configs += [("llama.cpp", p) for p in args.llamacpp]
+        configs += [("md-llama.cpp", p) for p in args.llamacpp_engine]
+        for outtype in {*args.llamacpp, *args.llamacpp_engine}:  # exported (and cached) before any trial
+            llamacpp.convert(decode_worker.modeldeck_card(SHAPES[name]), checkpoint, outtype)
     runs: dict[str, list[tuple[dict, float]]] = {f"{e} {p}": [] for e, p in configs}
     base = {"kind": "engine", "shape": name, "checkpoint": str(checkpoint), "threads": args.threads}
     base |= {"new_tokens": args.new_tokens, "prefill_tokens": args.prefill_tokens, "batches": [1, 8]}
@@ -190,9 +194,10 @@ def collect(name: str, args: argparse.Namespace, checkpoint: Path) -> dict:
             key = f"{engine} {precision}"
             print(f"  {name} round {round_ + 1}/{args.rounds}: {key}", file=sys.stderr, flush=True)
             if engine == "llama.cpp":
-                runs[key].append(llamacpp_trial(checkpoint, precision, args))
+                runs[key].append(llamacpp_trial(name, checkpoint, precision, args))
             else:
-                runs[key].append(worker({**base, "engine": engine, "precision": precision}))
+                batches = [1] if engine == "md-llama.cpp" else base["batches"]
+                runs[key].append(worker({**base, "engine": engine, "precision": precision, "batches": batches}))
         spec = {"kind": "mmap", "checkpoint": str(checkpoint)}
         mmap_runs.append(worker(spec))
         for precision in FLOORS:
@@ -294,6 +299,10 @@ def verdicts(name: str, s: dict) -> list[str]:
         f"  - vs llama.cpp b1: f32 {ratio(get('modeldeck float32', 'tok_s_b1'), get('llama.cpp f32', 'tok_s_b1'))}, "
         f"half (default vs f16) {ratio(get('modeldeck default', 'tok_s_b1'), get('llama.cpp f16', 'tok_s_b1'))}, "
         f"int8 vs q8_0 {ratio(get('modeldeck int8', 'tok_s_b1'), get('llama.cpp q8_0', 'tok_s_b1'))}",
+        f"  - modeldeck's llama.cpp engine / llama.cpp b1: f32 "
+        f"{ratio(get('md-llama.cpp f32', 'tok_s_b1'), get('llama.cpp f32', 'tok_s_b1'))}, f16 "
+        f"{ratio(get('md-llama.cpp f16', 'tok_s_b1'), get('llama.cpp f16', 'tok_s_b1'))}, q8_0 "
+        f"{ratio(get('md-llama.cpp q8_0', 'tok_s_b1'), get('llama.cpp q8_0', 'tok_s_b1'))}",
         f"  - load-to-first-token / floor: {ratio(get('modeldeck default', 'first_token_s'), s['load_floor_s'])}",
     ]
     return lines
@@ -305,6 +314,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modeldeck", default=",".join(MODELDECK), help="modeldeck precisions ('' for none)")
     parser.add_argument("--transformers", default=",".join(TRANSFORMERS), help="transformers dtypes ('' for none)")
     parser.add_argument("--llamacpp", default=",".join(LLAMACPP), help="llama.cpp GGUF types ('' for none)")
+    parser.add_argument(
+        "--llamacpp-engine", default=",".join(LLAMACPP), help="modeldeck's --engine llama.cpp GGUF types ('' for none)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the report gives medians")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prefill-tokens", type=int, default=512)
@@ -316,10 +328,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     if unknown := [s for s in args.shapes if s not in SHAPES]:
         parser.error(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
-    for option, allowed in (("modeldeck", MODELDECK), ("transformers", TRANSFORMERS), ("llamacpp", LLAMACPP)):
+    choices = [("modeldeck", MODELDECK), ("transformers", TRANSFORMERS), ("llamacpp", LLAMACPP)]
+    for option, allowed in [*choices, ("llamacpp_engine", LLAMACPP)]:
         chosen = [p.strip() for p in getattr(args, option).split(",") if p.strip()]
         if unknown := [p for p in chosen if p not in allowed]:
-            parser.error(f"--{option}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+            parser.error(
+                f"--{option.replace('_', '-')}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}"
+            )
         setattr(args, option, chosen)
     if args.rounds < 1 or args.new_tokens < 2 or args.prefill_tokens < 1:
         parser.error("--rounds must be >= 1, --new-tokens >= 2 and --prefill-tokens >= 1")

@@ -1,6 +1,7 @@
 """One measurement of benchmarks/decode.py, in a fresh interpreter: an engine at one precision, or a floor.
 
-    engine   modeldeck or transformers at one precision: load-to-first-token (from the launch of this process),
+    engine   modeldeck, transformers or modeldeck's llama.cpp engine (md-llama.cpp) at one precision:
+             load-to-first-token (from the launch of this process),
              a long-prompt prefill, greedy decode at batch 1 and batch 8 (exactly N new tokens: eos is forbidden)
     floor    what the hardware and torch allow at batch 1 for a shape and dtype: one pass over every weight of
              the decoder's linear layers (and the LM head) with F.linear, and with the kernel modeldeck uses
@@ -83,6 +84,33 @@ def modeldeck_engine(spec: dict):
     return generate, described
 
 
+def llamacpp_engine(spec: dict):
+    """modeldeck's `--engine llama.cpp`: the card's GGUF at one type behind modeldeck's front end (batch 1 only:
+    that engine decodes one sequence at a time)."""
+    from modeldeck import runtime
+
+    precision = spec["precision"]
+    options = (
+        {"quantize": "int8"} if precision == "q8_0" else {"dtype": {"f32": "float32", "f16": "float16"}[precision]}
+    )
+    model = runtime.load(modeldeck_card(SHAPES[spec["shape"]]), weights=spec["checkpoint"], engine="llama.cpp",
+                         **options)  # fmt: skip
+
+    def generate(ids: list[list[int]], n: int) -> tuple[float, float, list[list[int]]]:
+        assert len(ids) == 1, "the llama.cpp engine decodes one sequence at a time"
+        opts = model.options(max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        began = time.perf_counter()
+        ticket = model._submitter().submit(ids[0], opts)
+        tokens, first = [], None
+        for event in ticket.events():
+            first = first or time.perf_counter()
+            if event.token_id is not None:
+                tokens.append(event.token_id)
+        return first - began, time.perf_counter() - first, [tokens]
+
+    return generate, {"dtype": precision, "why": model.precision, "close": model.close}
+
+
 def transformers_engine(spec: dict):
     import torch
     import transformers
@@ -119,8 +147,11 @@ def engine(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    build = modeldeck_engine if spec["engine"] == "modeldeck" else transformers_engine
+    build = {"modeldeck": modeldeck_engine, "transformers": transformers_engine, "md-llama.cpp": llamacpp_engine}[
+        spec["engine"]
+    ]
     generate, described = build(spec)
+    close = described.pop("close", None)  # md-llama.cpp: its worker process, whose memory counts too
     _, _, first = generate(prompts(1), 1)
     result = {
         **described,
@@ -135,7 +166,11 @@ def engine(spec: dict) -> dict:
         _, decode, tokens = generate(prompts(batch), n)
         result[f"tok_s_b{batch}"] = (n - 1) * batch / decode
         result[f"tokens_b{batch}"] = tokens[0]
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if close is not None:
+        close()  # the worker is waited for: its peak is RUSAGE_CHILDREN's
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak += resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if close is not None else 0
+    result["peak_rss_gb"] = peak / 2**20  # md-llama.cpp: both processes' peaks (an upper bound of their sum)
     return result
 
 
@@ -162,7 +197,7 @@ def floor(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from modeldeck.runtime.kernels import Int8Linear, OneDNNLinear
+    from modeldeck.runtime.kernels import Int8Linear, OneDNNLinear, _onednn_runs
 
     torch.set_num_threads(spec["threads"])
     precision, shapes = spec["precision"], linear_shapes(spec["shape"])
@@ -175,9 +210,9 @@ def floor(spec: dict) -> dict:
         result["f_linear_pass_s"] = median_time(lambda: [F.linear(x[w.shape[1]], w) for w in layers])
     if precision == "int8":
         layers = [Int8Linear(w, None, dtype) for w in layers]
-    elif precision != "float16":  # modeldeck runs fp16 through F.linear
+    elif precision != "float16" and _onednn_runs(layers[0]):  # fp16 (and bf16 where oneDNN lacks it): F.linear
         layers = [OneDNNLinear(w, None) for w in layers]
-    if precision == "float16":
+    if precision != "int8" and not isinstance(layers[0], OneDNNLinear):
         result["kernel_pass_s"] = result["f_linear_pass_s"]
     else:
         result["kernel_pass_s"] = median_time(lambda: [k(x[k.in_features]) for k in layers])

@@ -19,6 +19,7 @@ decodes one at a time here; modeldeck's runtime batches), prompt scoring, beam s
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -26,6 +27,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +45,7 @@ from modeldeck.runtime.tokenizer import TextTokenizer
 __all__ = ["LlamaCppBatcher", "LlamaCppModel", "LlamaCppWorker", "load_llamacpp"]
 
 log = logging.getLogger(__name__)
+_LIVE: weakref.WeakSet[LlamaCppWorker] = weakref.WeakSet()  # started, not yet closed: closed at exit
 
 
 class LlamaCppWorker:
@@ -59,6 +62,7 @@ class LlamaCppWorker:
             env={**os.environ, "PYTHONNOUSERSITE": "1"},
             start_new_session=True,
         )
+        _LIVE.add(self)
         self.lock = threading.Lock()
         self.cached: list[int] = []
         spec = {"gguf": str(gguf), "n_ctx": n_ctx, "threads": threads}
@@ -122,6 +126,13 @@ class LlamaCppWorker:
         self.log.close()
         with contextlib.suppress(OSError):
             os.unlink(self.log.name)
+        _LIVE.discard(self)
+
+
+@atexit.register
+def _close_all() -> None:
+    for worker in list(_LIVE):
+        worker.close()
 
 
 class LlamaCppBatcher(RemoteBatcher):
