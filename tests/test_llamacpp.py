@@ -22,7 +22,7 @@ from modeldeck.registry.engines import llamacpp as engine
 from modeldeck.registry.engines.environment import EngineError, EngineNotInstalledError
 from modeldeck.registry.export import gguf
 
-from .conftest import first_party_card_data, tiny_card_data
+from .conftest import first_party_card_data, run_python_without, tiny_card_data
 from .test_export import read_modelfile
 
 
@@ -135,6 +135,42 @@ def test_modeldeck_runtime_options_are_refused_on_llamacpp(run_cli: Any) -> None
     assert "--attention is an option of modeldeck's runtime; the llama.cpp engine chooses its own" in result.stderr
 
 
+def test_the_export_and_the_engine_data_are_torch_free() -> None:
+    done = run_python_without(
+        ("torch",),
+        """
+        from modeldeck import registry
+        from modeldeck.registry.export import gguf
+        keys = gguf.card_keys(registry.get("astrid-1b"), "gptneox")
+        assert keys["gptneox.context_length"][1] == 2048
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_compiled_wheel_is_built_once_per_cpu_and_reused(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = engine.wheel_cache()
+    assert cache.parent == tmp_path / "modeldeck" / "wheels" and engine.cpu_key() in cache.name
+
+    def compiles(steps: list[list[str]]) -> bool:
+        return any("wheel" in step and "CMAKE_ARGS=-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" in step for step in steps)
+
+    def downloads(steps: list[list[str]]) -> bool:
+        return any("download" in step for step in steps)
+
+    first = engine.install_steps(tmp_path / "env")
+    assert compiles(first) and downloads(first)
+    cache.mkdir(parents=True)
+    (cache / f"llama_cpp_python-{engine.LLAMA_CPP_PYTHON}.tar.gz").write_bytes(b"sdist")
+    (cache / f"llama_cpp_python-{engine.LLAMA_CPP_PYTHON}-py3-none-linux_x86_64.whl").write_bytes(b"wheel")
+    again = engine.install_steps(tmp_path / "env")
+    assert not compiles(again) and not downloads(again)
+    install = next(step for step in again if "--find-links" in step)
+    assert "--no-index" in install and str(cache) in install  # only the cached wheel, never a fresh sdist build
+    assert again[-1][-1].startswith("import sys, pathlib, gguf, llama_cpp")  # the probe is the last step
+
+
 # --- on llama.cpp ---------------------------------------------------------------------------------------
 
 
@@ -178,6 +214,49 @@ def test_the_modelfile_is_from_the_gguf_and_ollama_renders_its_template_as_model
     [template] = [value for name, value in commands if name == "template"]
     messages = [CONVERSATION[:1], CONVERSATION] if card.format.multi_turn else [CONVERSATION[:1]]
     assert go_render(template, messages) == [registry.render_prompt(card.format, m) for m in messages]
+
+
+@pytest.mark.slow
+@needs_llamacpp
+def test_a_tokenizer_llamacpp_would_split_differently_is_refused(tiny_checkpoint: Any, tmp_path: Path) -> None:
+    """The converter recognizes a BPE tokenizer's pre-tokenizer by the hash of its tokens for a check text; one it
+    does not know is accepted only when it is plain GPT-2 byte-level. An NFC normalizer is not: refused, unwritten."""
+    import json
+    import shutil
+
+    checkpoint = tiny_checkpoint("gpt-neox")
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint.directory, folder)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["normalizer"] = {"type": "NFKC"}
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    with pytest.raises(EngineError, match=r"llama\.cpp could split text differently from the tokenizer"):
+        gguf.export_gguf(checkpoint.card, tmp_path / "out", weights=folder)
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+@pytest.mark.slow
+@needs_llamacpp
+def test_the_cached_export_is_reused_renewed_and_bounded(
+    tiny_checkpoint: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    import os
+    import shutil
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    checkpoint = tiny_checkpoint("gpt-neox")
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint.directory, folder)
+    first = gguf.cached_export(checkpoint.card, folder, "f16")
+    made = first.stat().st_mtime_ns
+    assert gguf.cached_export(checkpoint.card, folder, "f16") == first and first.stat().st_mtime_ns == made
+    paths = [first]
+    for step in range(1, 4):  # the checkpoint changes: a new export each time, at most 2 kept
+        os.utime(folder / "config.json", ns=(made + step * 10**9, made + step * 10**9))
+        paths.append(gguf.cached_export(checkpoint.card, folder, "f16"))
+        assert paths[-1] != paths[-2] and paths[-1].is_file()
+    kept = sorted(p.name for p in (tmp_path / "cache" / "modeldeck" / "gguf").iterdir())
+    assert kept == sorted(p.parent.name for p in paths[-2:])
 
 
 @pytest.fixture(scope="module")

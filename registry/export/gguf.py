@@ -112,6 +112,8 @@ def not_carried(card: Card) -> list[str]:
     fmt, gen = card.format, card.generation
     dropped = [
         f"max_new_tokens {gen.max_new_tokens}: GGUF has no length default (the Modelfile's num_predict has it)",
+        "user text that spells a special token: llama.cpp and Ollama tokenize the rendered prompt whole, so it "
+        "becomes that token; modeldeck (and modeldeck serve on any engine) keeps user text as plain text",
     ]
     if fmt.stop:
         dropped.append(f"stop strings {list(fmt.stop)}: GGUF has no stop strings (the Modelfile's stop has them)")
@@ -251,4 +253,17 @@ def cached_export(card: Card, source: Path, outtype: str) -> Path:
     folder = cache / f"{card.id}-{outtype}-{key.hexdigest()[:16]}"
     if not (folder / GGUF_NAME).is_file():
         export_gguf(card, folder, outtype=outtype, weights=source, force=True)
+        _prune(cache, f"{card.id}-{outtype}-", keep=CACHED_PER_CARD)
     return folder / GGUF_NAME
+
+
+CACHED_PER_CARD = 2
+"""Exports kept per card and type: a changed card or checkpoint makes a new one, and older ones go, so the cache
+holds at most this many files of one model (the newest first)."""
+
+
+def _prune(cache: Path, prefix: str, keep: int) -> None:
+    folders = [f for f in cache.iterdir() if f.name.startswith(prefix) and len(f.name) == len(prefix) + 16]
+    folders.sort(key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in folders[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
