@@ -83,6 +83,8 @@ def card_keys(card: Card, arch_name: str) -> dict[str, TypedValue]:
         if a.positions.scaling is not None:
             keys[f"{arch_name}.rope.scaling.type"] = ["string", "linear"]
             keys[f"{arch_name}.rope.scaling.factor"] = ["float32", a.positions.scaling.factor]
+    if arch_name == "gptneox":  # the converter reads use_parallel_residual from config.json, True when absent
+        keys["gptneox.use_parallel_residual"] = ["bool", a.residual.kind == "parallel"]
     eps = "layer_norm_rms_epsilon" if a.norm.kind == "rmsnorm" else "layer_norm_epsilon"
     keys[f"{arch_name}.attention.{eps}"] = ["float32", a.norm.eps]
     for role, key in (("bos", "bos"), ("pad", "padding"), ("unk", "unknown")):
