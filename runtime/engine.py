@@ -116,6 +116,13 @@ class CardModel:
         """The card's generation defaults and stop strings, overridden by `overrides`, validated once."""
         return resolve_options(self.card.generation, self.card.format.stop, overrides)
 
+    def stream_options(self, **overrides: Any) -> Options:
+        """`options` for stream(), which returns one sequence."""
+        opts = self.options(**overrides)
+        if opts.num_return_sequences != 1:
+            raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
+        return opts
+
     def text_stream(self, opts: Options, strip: bool = True) -> TextStream:
         """A sequence's text: the tokenizer's, the options' stop strings, the card's strip rule (`strip=False`:
         the text as generated, a continuation of plain text)."""
@@ -190,9 +197,7 @@ class Model(CardModel):
     def stream(
         self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
     ) -> Iterator[str]:
-        opts = self.options(**options)
-        if opts.num_return_sequences != 1:
-            raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
+        opts = self.stream_options(**options)
         sequence = self.sequence(self.encode(prompt, system, raw), opts)
         for _ in generate(self.decoder, [sequence], self.backend, self.tokenizer.pad_id, self.cuda_graphs):
             if sequence.delta:

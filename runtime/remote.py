@@ -18,7 +18,7 @@ from typing import Any
 from modeldeck.registry.diagnostics import ModeldeckError
 from modeldeck.runtime.batching import EngineStoppedError, Ticket, final_event, queue_full, request_sequence
 from modeldeck.runtime.engine import CardModel, Conversation, Generation
-from modeldeck.runtime.generate import GenerationError, Options, Sequence
+from modeldeck.runtime.generate import Options, Sequence
 
 __all__ = ["RemoteBatcher", "RemoteModel"]
 
@@ -144,9 +144,7 @@ class RemoteModel(CardModel):
     def stream(
         self, prompt: Conversation, *, system: str | None = None, raw: bool = False, **options: Any
     ) -> Iterator[str]:
-        opts = self.options(**options)
-        if opts.num_return_sequences != 1:
-            raise GenerationError("stream() returns one sequence: set num_return_sequences=1", "num_return_sequences")
+        opts = self.stream_options(**options)
         ticket = self._submitter().submit(self.encode(prompt, system, raw), opts)
         try:
             for event in ticket.events():

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -318,6 +319,42 @@ def run_python_without(blocked: tuple[str, ...], body: str, timeout: int = 120) 
     check = '\nleaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)\nassert not leaked, leaked\n'
     script = prelude + textwrap.dedent(body) + check
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+
+
+@dataclasses.dataclass
+class ServeProcess:
+    """`modeldeck serve ...` running as a real process: its URL, the process, and the stderr lines it printed."""
+
+    url: str
+    process: subprocess.Popen[str]
+    lines: list[str]
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@contextlib.contextmanager
+def serve_process(args: list[str], timeout: float = 300, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+    """`modeldeck ARGS` (a serve command) in a fresh interpreter, yielded once uvicorn says where it runs; killed at
+    the end if the test did not stop it, and its stderr read to the end (`log`)."""
+    command = [sys.executable, "-m", "modeldeck.registry.cli", *args]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not any("Uvicorn running on" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        url = re.search(r"Uvicorn running on (http://\S+)", "".join(lines))[1]  # type: ignore[index]
+        yield ServeProcess(url, process, lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(10)
 
 
 # --- Go's text/template, as Ollama runs a Modelfile's TEMPLATE -----------------------------------------

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +18,7 @@ from modeldeck.registry.engines import llamacpp as engine
 from modeldeck.registry.engines.environment import EngineError, EngineNotInstalledError
 from modeldeck.registry.export import gguf
 
-from .conftest import first_party_card_data, run_python_without, tiny_card_data
+from .conftest import first_party_card_data, run_python_without, serve_process, tiny_card_data
 from .test_export import read_modelfile
 
 
@@ -334,19 +330,9 @@ def test_modeldeck_serve_engine_llamacpp_answers_the_openai_client(tmp_path: Pat
 
     from modeldeck import runtime
 
-    command = [sys.executable, "-m", "modeldeck.registry.cli", "serve", "tiny-neox", "--engine", "llama.cpp"]
-    process = subprocess.Popen([*command, "--port", "0"], stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
     ours = runtime.load("tiny-neox", device="cpu")
-    try:
-        deadline = time.monotonic() + 300
-        while not any("Uvicorn running on" in line for line in lines):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
-        url = re.search(r"Uvicorn running on (http://\S+)", "".join(lines))[1]  # type: ignore[index]
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    with serve_process(["serve", "tiny-neox", "--engine", "llama.cpp", "--port", "0"]) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=120)
         prompt, stop = "Once upon a time", ours.generate("Once upon a time", do_sample=False).text[6:9]
         for stops in ([], [stop]):
             expected = ours.generate(prompt, do_sample=False, max_new_tokens=32, stop=stops).text
@@ -363,14 +349,9 @@ def test_modeldeck_serve_engine_llamacpp_answers_the_openai_client(tmp_path: Pat
         )
         mine = ours.chat([{"role": "user", "content": prompt}], do_sample=False, max_new_tokens=16).text
         assert chat.choices[0].message.content == mine
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    reader.join(10)
-    log = "".join(lines)
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0
+    log = served.log
     assert "serving tiny-neox (llama.cpp on cpu, one sequence at a time, f32;" in log and "Traceback" not in log
 
 

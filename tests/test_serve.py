@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ httpx = pytest.importorskip("httpx")
 
 from modeldeck import runtime  # noqa: E402
 
-from .conftest import Served, serving  # noqa: E402
+from .conftest import Served, serve_process, serving  # noqa: E402
 
 PROMPT = "The for statement"
 
@@ -422,31 +421,15 @@ def test_a_stopped_engine_answers_503(neox):
 def test_modeldeck_serve_command(neox):
     """`modeldeck serve tiny-neox` as a real process: it answers, then stops cleanly on SIGINT."""
     env = {k: v for k, v in os.environ.items() if k != "MODELDECK_DEBUG"}
-    command = [sys.executable, "-m", "modeldeck.registry.cli", "serve", "tiny-neox", "--port", "0", "--max-batch", "2"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    try:
-        deadline = time.monotonic() + 90
-        while not any("Uvicorn running on" in line for line in lines):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.1)
-        url = re.search(r"Uvicorn running on (http://\S+)", "".join(lines))[1]  # type: ignore[index]
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    with serve_process(["serve", "tiny-neox", "--port", "0", "--max-batch", "2"], timeout=90, env=env) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=60)
         result = client.completions.create(model="tiny-neox", prompt=PROMPT, max_tokens=20, temperature=0)
         assert result.choices[0].text == neox.generate(PROMPT, max_new_tokens=20, do_sample=False).text
-        assert httpx.get(f"{url}/health").json()["engine"]["max_batch"] == 2
-        process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    reader.join(10)
-    log = "".join(lines)
-    assert "serving tiny-neox (cpu, float32; up to 2 requests batched, 64 queued)" in log
-    assert "Traceback" not in log and "Application shutdown complete" in log
+        assert httpx.get(f"{served.url}/health").json()["engine"]["max_batch"] == 2
+        served.process.send_signal(signal.SIGINT)
+        assert served.process.wait(30) == 0
+    assert "serving tiny-neox (cpu, float32; up to 2 requests batched, 64 queued)" in served.log
+    assert "Traceback" not in served.log and "Application shutdown complete" in served.log
 
 
 def test_modeldeck_serve_errors(run_cli, fake_site):

@@ -6,15 +6,11 @@ runtime's tokens: completions, chat, the card's defaults, stop strings, tensor p
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import socket
 import stat
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,7 @@ import yaml
 from modeldeck import registry
 from modeldeck.registry.engines import vllm as engine
 
-from .conftest import REFERENCE, TOKENIZERS, first_party_card_data, hf_config, tiny_card_data
+from .conftest import REFERENCE, TOKENIZERS, first_party_card_data, hf_config, serve_process, tiny_card_data
 
 FALCON_40B = "h2ogpt-oig-oasst1-falcon-40b"
 
@@ -492,32 +488,18 @@ def test_modeldeck_serve_engine_vllm_command(tmp_path: Path, neox_64: tuple[Any,
     card, folder = neox_64
     card_file = tmp_path / "card.yaml"
     card_file.write_text(yaml.safe_dump(card.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
-    command = [sys.executable, "-m", "modeldeck.registry.cli", "serve", str(card_file), "--weights", str(folder)]
-    command += ["--engine", "vllm", "--dtype", "float32", "--port", "0", "--vllm-arg=--enforce-eager"]
+    args = ["serve", str(card_file), "--weights", str(folder)]
+    args += ["--engine", "vllm", "--dtype", "float32", "--port", "0", "--vllm-arg=--enforce-eager"]
     marker = f"modeldeck-vllm-{card.id}-"
     others = set(vllm_processes(marker))  # a module fixture's vLLM may serve the same card id meanwhile
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    try:
-        deadline = time.monotonic() + 300
-        while not any("Uvicorn running on" in line for line in lines):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
+    with serve_process(args) as served:
         assert set(vllm_processes(marker)) - others
-        url = re.search(r"Uvicorn running on (http://\S+)", "".join(lines))[1]  # type: ignore[index]
         body = {"model": card.id, "prompt": "The for statement", "max_tokens": 12, "temperature": 0, "raw": True}
-        answer = httpx.post(f"{url}/v1/completions", json=body, timeout=120).json()
+        answer = httpx.post(f"{served.url}/v1/completions", json=body, timeout=120).json()
         ours = runtime.load(card, weights=folder, dtype="float32", device="cpu")
         assert answer["choices"][0]["text"] == ours.generate("The for statement", raw=True, max_new_tokens=12).text
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    reader.join(10)
-    log = "".join(lines)
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0
+    log = served.log
     assert f"serving {card.id} (vLLM on cpu, tensor parallel 1, float32;" in log and "Traceback" not in log
     assert not set(vllm_processes(marker)) - others  # the API server, its engine core and worker all ended

@@ -28,7 +28,7 @@ from modeldeck.registry.export import hf, ollama
 from modeldeck.registry.export.chat_template import chat_template
 from modeldeck.registry.schema import Card
 
-__all__ = ["FORMATS", "ExportError", "ExportPlan", "WeightsMode", "plan", "write"]
+__all__ = ["FORMATS", "ExportError", "ExportPlan", "WeightsMode", "check_target", "plan", "write"]
 
 FORMATS = ("hf", "ollama")
 WeightsMode = Literal["link", "copy", "symlink", "none"]
@@ -115,16 +115,8 @@ def plan(
 def write(export: ExportPlan, to: Path, *, force: bool = False) -> list[str]:
     """Write `export` into folder `to`; the names written, in order. Without `force`, a file that is already there
     is an error before anything is written."""
-    to = to.expanduser().absolute()
     names = [*export.files, *export.checkpoint]
-    if to.exists() and not to.is_dir():
-        raise ExportError(f"{to} exists and is not a folder; give {spell('to', 'DIR')} a folder (new or empty)")
-    clashes = [n for n in names if (to / n).exists() or (to / n).is_symlink()]
-    if clashes and not force:
-        raise ExportError(
-            f"{to} already holds {', '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}; pass {spell('force')} "
-            "to replace them (other files there are left alone), or export to another folder"
-        )
+    to = check_target(to, names, force)
     to.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.export-", dir=to.parent))
     try:
@@ -139,6 +131,21 @@ def write(export: ExportPlan, to: Path, *, force: bool = False) -> list[str]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return names
+
+
+def check_target(to: Path, names: list[str], force: bool) -> Path:
+    """`to` as an absolute path, checked before anything is written: a folder (or nothing yet) that holds none of
+    `names`, unless `force`."""
+    to = to.expanduser().absolute()
+    if to.exists() and not to.is_dir():
+        raise ExportError(f"{to} exists and is not a folder; give {spell('to', 'DIR')} a folder (new or empty)")
+    clashes = [n for n in names if (to / n).exists() or (to / n).is_symlink()]
+    if clashes and not force:
+        raise ExportError(
+            f"{to} already holds {', '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}; pass {spell('force')} "
+            "to replace them (other files there are left alone), or export to another folder"
+        )
+    return to
 
 
 def _bring(source: Path, target: Path, mode: WeightsMode) -> None:

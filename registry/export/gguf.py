@@ -32,7 +32,7 @@ from modeldeck.registry.architecture import RotaryPositions
 from modeldeck.registry.diagnostics import spell
 from modeldeck.registry.engines import llamacpp
 from modeldeck.registry.engines.environment import EngineError
-from modeldeck.registry.export import ExportError, ollama
+from modeldeck.registry.export import ExportError, check_target, ollama
 from modeldeck.registry.export import plan as hf_plan
 from modeldeck.registry.export import write as write_export
 from modeldeck.registry.export.chat_template import chat_template
@@ -208,15 +208,8 @@ def export_gguf(
             f"{source} has no *.safetensors files; convert the checkpoint first (`modeldeck convert {source} OUT`) "
             "and export from OUT"
         )
-    to = to.expanduser().absolute()
     names = [GGUF_NAME, "Modelfile"]
-    if to.exists() and not to.is_dir():
-        raise ExportError(f"{to} exists and is not a folder; give {spell('to', 'DIR')} a folder (new or empty)")
-    clashes = [n for n in names if (to / n).exists() or (to / n).is_symlink()]
-    if clashes and not force:
-        raise ExportError(
-            f"{to} already holds {', '.join(clashes)}; pass {spell('force')} to replace them, or export elsewhere"
-        )
+    to = check_target(to, names, force)
     expected = card_keys(card, arch_name)
     to.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.gguf-", dir=to.parent))
