@@ -205,7 +205,8 @@ with tarfile.open(sdist) as archive:
         if rest and (rest in wanted or rest.startswith(wanted[1:3])):
             member.name = rest
             members.append(member)
-    archive.extractall(into, members=members, filter="data")
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
+    archive.extractall(into, members=members, **safe)
 """
 
 
