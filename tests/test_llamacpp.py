@@ -324,35 +324,49 @@ def test_llamacpps_jinja_renders_the_chat_template_as_modeldeck(engines: Any) ->
 @pytest.mark.slow
 @needs_llamacpp
 def test_modeldeck_serve_engine_llamacpp_answers_the_openai_client(tmp_path: Path) -> None:
-    """`modeldeck serve tiny-neox --engine llama.cpp` as a real process, asked by the official openai client,
-    streaming and not, with the card's stop strings applied: modeldeck's own engine's greedy text."""
+    """`modeldeck serve CARD.yaml --engine llama.cpp` as a real process (tiny-neox's weights, a card with a stop
+    string its greedy text contains), asked by the official openai client, streaming and not: the card's stop string
+    (and a request's) cut the text exactly where modeldeck's own engine cuts it."""
     import openai
+    import yaml
 
+    import modeldeck.cards
     from modeldeck import runtime
 
-    ours = runtime.load("tiny-neox", device="cpu")
-    with serve_process(["serve", "tiny-neox", "--engine", "llama.cpp", "--port", "0"]) as served:
+    weights = Path(modeldeck.cards.__file__).parent / "tiny-neox"
+    prompt = "Once upon a time"
+    full = runtime.load("tiny-neox", device="cpu").generate(prompt, do_sample=False, max_new_tokens=32).text
+    data = registry.get("tiny-neox").model_dump(mode="json", exclude_none=True)
+    data["id"], data["aliases"] = "tiny-neox-stop", []
+    data["source"] = {"revision": "main", "format": "safetensors"}  # weights: --weights
+    data["prompt_format"] = {**data["prompt_format"], "name": "plain-stop", "stop": [full[12:16]]}
+    card_file = tmp_path / "tiny-neox-stop.yaml"
+    card_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    ours = runtime.load(str(card_file), weights=weights, device="cpu")
+    args = ["serve", str(card_file), "--weights", str(weights), "--engine", "llama.cpp", "--port", "0"]
+    with serve_process(args) as served:
         client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=120)
-        prompt, stop = "Once upon a time", ours.generate("Once upon a time", do_sample=False).text[6:9]
-        for stops in ([], [stop]):
+        for stops in ([], [full[6:9]]):
             expected = ours.generate(prompt, do_sample=False, max_new_tokens=32, stop=stops).text
+            assert expected == full[: min(full.find(s) for s in [full[12:16], *stops])]  # a stop string cut it
             answer = client.completions.create(
-                model="tiny-neox", prompt=prompt, max_tokens=32, temperature=0, stop=stops or None
+                model="tiny-neox-stop", prompt=prompt, max_tokens=32, temperature=0, stop=stops or None
             )
-            assert answer.choices[0].text == expected
+            assert answer.choices[0].text == expected and answer.choices[0].finish_reason == "stop"
             pieces = client.completions.create(
-                model="tiny-neox", prompt=prompt, max_tokens=32, temperature=0, stop=stops or None, stream=True
+                model="tiny-neox-stop", prompt=prompt, max_tokens=32, temperature=0, stop=stops or None, stream=True
             )
             assert "".join(chunk.choices[0].text for chunk in pieces) == expected
         chat = client.chat.completions.create(
-            model="tiny-neox", messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0
+            model="tiny-neox-stop", messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0
         )
         mine = ours.chat([{"role": "user", "content": prompt}], do_sample=False, max_new_tokens=16).text
         assert chat.choices[0].message.content == mine
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(60) == 0
     log = served.log
-    assert "serving tiny-neox (llama.cpp on cpu, one sequence at a time, f32;" in log and "Traceback" not in log
+    assert "serving tiny-neox-stop (llama.cpp on cpu, one sequence at a time, f32;" in log
+    assert "Traceback" not in log
 
 
 def test_first_party_cards_name_what_llamacpp_runs() -> None:
