@@ -335,7 +335,7 @@ def test_chat_ctrl_c_stops_the_answer_and_keeps_the_session(monkeypatch):
     from modeldeck.registry.cli import main
 
     model = FakeChatModel()
-    monkeypatch.setattr("modeldeck.registry.cli.run.load_model", lambda name, options: model)
+    monkeypatch.setattr("modeldeck.registry.cli.run.load_model", lambda name, options, **engine: model)
     typed = ["Hi", "/help", "More", "/reset", "Again", KeyboardInterrupt]  # then Ctrl-C at the prompt
 
     def fake_input(prompt: str = "") -> str:
