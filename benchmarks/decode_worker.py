@@ -144,6 +144,8 @@ def transformers_engine(spec: dict):
 
 def engine(spec: dict) -> dict:
     imported_at = time.perf_counter()
+    if spec["engine"] != "transformers":
+        import modeldeck.runtime  # noqa: F401 - before torch, as modeldeck's CLI and server import it (its settings)
     import torch
 
     torch.set_num_threads(spec["threads"])

@@ -33,7 +33,7 @@ from modeldeck.registry.diagnostics import ModeldeckError
 if TYPE_CHECKING:
     from modeldeck.runtime.model import Decoder
 
-__all__ = ["Int8Linear", "OneDNNLinear", "check_quantize", "prepare_weight", "quantize_int8", "use_kernels"]
+__all__ = ["Int8Linear", "OneDNNLinear", "check_quantize", "packs", "prepare_weight", "quantize_int8", "use_kernels"]
 
 
 class OneDNNLinear(nn.Module):
@@ -91,10 +91,15 @@ def _onednn_runs(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.float32
 
 
+def packs(dtype: torch.dtype, device: torch.device, quantize: str | None) -> bool:
+    """Whether `prepare_weight` copies a linear weight of this dtype on this device into a packed layout."""
+    return quantize is None and dtype == torch.bfloat16 and _onednn_runs(torch.empty(0, dtype=dtype, device=device))
+
+
 def prepare_weight(weight: torch.Tensor, quantize: str | None) -> torch.Tensor:
     """A linear layer's weight as its kernel holds it, for loading to make as it reads each tensor (so that no
     unpacked copy of every weight exists at once): a bf16 weight on the CPU packed for oneDNN; others as they are."""
-    if quantize is None and weight.dtype == torch.bfloat16 and _onednn_runs(weight):
+    if packs(weight.dtype, weight.device, quantize):
         packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         return packed
     return weight

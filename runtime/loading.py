@@ -16,7 +16,10 @@ Nothing half-loaded survives an error: the model only exists once every tensor i
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -40,7 +43,7 @@ from modeldeck.registry.layouts import CheckpointLayout
 from modeldeck.registry.reading import FileRefusedError
 from modeldeck.registry.schema import Architecture, Card
 from modeldeck.runtime.convert import ConvertError, read_pickle
-from modeldeck.runtime.kernels import prepare_weight, use_kernels
+from modeldeck.runtime.kernels import packs, prepare_weight, use_kernels
 from modeldeck.runtime.model import Decoder, alibi_slopes
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint_with_pickles"]
@@ -114,6 +117,23 @@ def _reorder_qkv(tensor: torch.Tensor, layout: CheckpointLayout, arch: Architect
     v_out.view(v.shape).copy_(v)
 
 
+def cast(tensor: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`tensor` in `dtype` (written into `out` when given). Between float16 and bfloat16 it goes through fp32 in
+    row blocks that stay in cache: torch's direct cast between the two is scalar code, several times slower than
+    its two vectorized casts."""
+    halves = {tensor.dtype, dtype} == {torch.float16, torch.bfloat16}
+    if not halves or tensor.dim() == 0 or tensor.device.type != "cpu":
+        return tensor.to(dtype) if out is None else out.copy_(tensor)
+    out = torch.empty(tensor.shape, dtype=dtype) if out is None else out
+    rows_in, rows_out = tensor.reshape(-1, tensor.shape[-1]), out.view(-1, tensor.shape[-1])  # [N, C] each
+    step = max(1, 2**18 // rows_in.shape[1])  # 1 MiB of fp32 per block
+    block = torch.empty(min(step, rows_in.shape[0]), rows_in.shape[1], dtype=torch.float32)
+    for first in range(0, rows_in.shape[0], step):
+        part = rows_in[first : first + step]
+        rows_out[first : first + step].copy_(block[: part.shape[0]].copy_(part))
+    return out
+
+
 def _convert(
     tensor: torch.Tensor,
     template: str,
@@ -121,20 +141,31 @@ def _convert(
     arch: Architecture,
     dtype: torch.dtype,
     device: torch.device,
+    scratch: Callable[[torch.Size, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """A checkpoint tensor as the decoder's: transposed and/or QKV-reordered, in `dtype` on `device`, copied once
     (a QKV that changes dtype: twice) or not at all (a memory-mapped tensor already in the right dtype, layout and
-    device is used as it is)."""
+    device is used as it is). With `scratch` (shape, slot -> a reusable buffer in `dtype`), the copies go there:
+    for a weight that its kernel copies again (packs) as soon as this returns."""
+
+    def fresh(shape: torch.Size, slot: int) -> torch.Tensor:
+        return scratch(shape, slot) if scratch is not None else torch.empty(shape, dtype=dtype, device=device)
+
     if template in layout.transposed:
         tensor = tensor.t()
+    moved = tensor.device != device
     if template.startswith("blocks.{i}.attn.qkv.") and layout.qkv in ("per_head", "grouped"):
-        tensor = tensor.to(device=device, dtype=dtype)  # converted whole, then reordered within one dtype: a
-        out = torch.empty(tensor.shape, dtype=dtype, device=device)  # strided copy that also converts is slower
+        if tensor.dtype != dtype or moved:  # converted whole, then reordered within one dtype: a strided copy
+            moved_there = tensor.to(device=device, dtype=dtype) if moved else None  # that converts is slower
+            tensor = moved_there if moved_there is not None else cast(tensor, dtype, fresh(tensor.shape, 1))
+        out = fresh(tensor.shape, 0)
         _reorder_qkv(tensor, layout, arch, out)
         return out
-    if tensor.is_contiguous():
+    if tensor.is_contiguous() and (tensor.dtype == dtype or moved):
         return tensor.to(device=device, dtype=dtype)  # the mapped file's tensor itself when nothing changes
-    return torch.empty(tensor.shape, dtype=dtype, device=device).copy_(tensor)
+    if tensor.is_contiguous():
+        return cast(tensor, dtype, fresh(tensor.shape, 0))
+    return fresh(tensor.shape, 0).copy_(tensor)
 
 
 def _open_tensors(checkpoint: Checkpoint, opened: dict[Path, dict[str, torch.Tensor]]) -> Callable[[str], torch.Tensor]:
@@ -156,6 +187,22 @@ def _open_tensors(checkpoint: Checkpoint, opened: dict[Path, dict[str, torch.Ten
                 headline="cannot be read",
             ) from None
     return lambda name: files[checkpoint.tensors[name].file][name]
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers in one dtype, reused from tensor to tensor (fresh memory for each would fault in every
+    page again)."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def take(self, shape: torch.Size, slot: int) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.buffers.get(slot)
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[slot] = torch.empty(size, dtype=self.dtype, device=self.device)
+        return buffer[:size].view(shape)
 
 
 def load_decoder(
@@ -182,19 +229,28 @@ def load_decoder(
         precision = default_precision(device.type, card.dtype, checkpoint.stored_dtype)
         dtype = None if precision.dtype is None else getattr(torch, precision.dtype)
         decoder.precision = precision.reason
-    state: dict[str, torch.Tensor] = {}
     linear = {f"{name}.weight" for name, module in decoder.named_modules() if isinstance(module, torch.nn.Linear)}
     get = _open_tensors(checkpoint, opened)
-    for name, sources in plan.items():
+    if "alibi_slopes" in plan:
+        decoder.alibi = _checked_slopes(get(plan["alibi_slopes"][0].name), arch.heads, plan["alibi_slopes"][0].name,
+                                        directory)  # fmt: skip
+    names = [name for name in plan if name != "alibi_slopes"]
+    chosen = dtype or get(plan[names[0]][0].name).dtype  # the first tensor's dtype stands for the checkpoint's
+    scratch = _Scratch(chosen, device) if packs(chosen, device, quantize) else None
+
+    def load_one(name: str) -> torch.Tensor:
+        sources = plan[name]
         parts = [get(source.name) for source in sources]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if name == "alibi_slopes":
-            decoder.alibi = _checked_slopes(tensor, arch.heads, sources[0].name, directory)
-            continue
-        dtype = dtype or tensor.dtype  # the first tensor's dtype stands for the checkpoint's
-        state[name] = _convert(tensor, sources[0].decoder, layout, arch, dtype, device)
-        if name in linear:
-            state[name] = prepare_weight(state[name], quantize)
+        if name not in linear:
+            return _convert(tensor, sources[0].decoder, layout, arch, chosen, device)
+        into = None if scratch is None else scratch.take  # a weight that packing copies: converted into scratch
+        return prepare_weight(_convert(tensor, sources[0].decoder, layout, arch, chosen, device, into), quantize)
+
+    # Converting and packing run in torch's kernels, which release the GIL but keep little more than one core busy
+    # each: tensors go through a few threads at once (a thread's scratch is freed as the pool's threads end).
+    with ThreadPoolExecutor(max_workers=max(1, min(2, torch.get_num_threads()))) as pool:
+        state = dict(zip(names, pool.map(load_one, names), strict=True))
     decoder.load_state_dict(state, strict=True, assign=True)
     decoder.requires_grad_(False)  # inference only
     state.clear()  # the decoder holds the tensors now; a kernel that copies one frees the original

@@ -14,7 +14,7 @@ from safetensors.torch import load_file  # noqa: E402
 from modeldeck import registry, runtime  # noqa: E402
 from modeldeck.registry.diagnostics import ModeldeckError  # noqa: E402
 from modeldeck.registry.weights import PickleRefusedError  # noqa: E402
-from modeldeck.runtime.loading import CheckpointError  # noqa: E402
+from modeldeck.runtime.loading import CheckpointError, cast  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
 from .conftest import TINY_FAMILIES, edit_config, edit_weights, run_python_without, tiny_card_data  # noqa: E402
@@ -223,3 +223,25 @@ def test_loading_and_generating_never_import_transformers():
     )
     result = run_python_without(("transformers",), script)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (2**17 + 3, 4), (5, 1, 9), (11,)])
+@pytest.mark.parametrize("pair", [("float16", "bfloat16"), ("bfloat16", "float16")])
+def test_the_blockwise_cast_between_half_types_rounds_as_torch_does(shape, pair):
+    # cast() goes through fp32 in row blocks (many rows: several blocks, one shorter); it must match torch's own
+    # direct cast bit for bit (a NaN's payload aside), including values that round, overflow to inf and underflow
+    source, target = (getattr(torch, name) for name in pair)
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 10 ** torch.randint(-9, 6, shape).float()
+    values.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), 7e4, -3e-8])
+    tensor = values.to(source)
+    expected = tensor.to(target)
+
+    def same(got: torch.Tensor) -> bool:
+        nan = expected.isnan()
+        return torch.equal(got.isnan(), nan) and torch.equal(
+            got[~nan].view(torch.int16), expected[~nan].view(torch.int16)
+        )
+
+    assert same(cast(tensor, target))
+    into = torch.full(shape, 5.0, dtype=target)
+    assert cast(tensor, target, into) is into and same(into)

@@ -131,6 +131,26 @@ def test_the_default_keeps_fp32_weights_and_runs_half_weights_as_this_cpu_comput
     assert default_precision("cpu", "float16", "float32", bf16_native=True).dtype == "float32"
 
 
+@pytest.mark.parametrize("family", ["gpt-neox", "falcon", "llama"])  # QKV per head, grouped, separate q/k/v
+def test_a_float16_checkpoint_loads_into_bfloat16_exactly_as_a_cast_of_each_tensor(tiny_checkpoint, tmp_path, family):
+    # loading converts (blockwise through fp32, into per-thread scratch), reorders QKV and packs, tensors in
+    # parallel: every tensor must be exactly the checkpoint's, reordered as fp32 loading does, then cast to bf16
+    ckpt = tiny_checkpoint(family, tokenizer=False)
+    layout = registry.default().checkpoint_layouts()[ckpt.card.architecture.checkpoint_layout]
+    shutil.copy(Path(ckpt.directory) / "config.json", tmp_path)
+    tensors = load_file(Path(ckpt.directory) / "model.safetensors")
+    save_file({name: t.half() for name, t in tensors.items()}, tmp_path / "model.safetensors")
+    cpu = torch.device("cpu")
+    wide = load_decoder(ckpt.card, layout, tmp_path, torch.float32, cpu).state_dict()
+    half = load_decoder(ckpt.card, layout, tmp_path, torch.bfloat16, cpu).state_dict()
+    assert half.keys() == wide.keys()
+    packed = [name for name, t in half.items() if t.is_mkldnn]
+    assert bool(packed) == ONEDNN_BF16  # where oneDNN has bf16, the linear weights are packed
+    for name, tensor in half.items():
+        dense = tensor.to_dense() if tensor.is_mkldnn else tensor
+        assert dense.dtype == torch.bfloat16 and torch.equal(dense, wide[name].to(torch.bfloat16)), name
+
+
 # --- the static forward and CUDA graphs ----------------------------------------------------------------
 
 
