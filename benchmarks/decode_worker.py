@@ -199,7 +199,7 @@ def floor(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from modeldeck.runtime.kernels import Int8Linear, OneDNNLinear, _onednn_runs
+    from modeldeck.runtime.kernels import OneDNNLinear, _kernel, _onednn_runs
 
     torch.set_num_threads(spec["threads"])
     precision, shapes = spec["precision"], linear_shapes(spec["shape"])
@@ -211,7 +211,7 @@ def floor(spec: dict) -> dict:
     if precision != "int8":
         result["f_linear_pass_s"] = median_time(lambda: [F.linear(x[w.shape[1]], w) for w in layers])
     if precision == "int8":
-        layers = [Int8Linear(w, None, dtype) for w in layers]
+        layers = [_kernel(w, None, "int8") for w in layers]  # the kernel loading picks for int8 here
     elif precision != "float16" and _onednn_runs(layers[0]):  # fp16 (and bf16 where oneDNN lacks it): F.linear
         layers = [OneDNNLinear(w, None) for w in layers]
     if precision != "int8" and not isinstance(layers[0], OneDNNLinear):

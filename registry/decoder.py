@@ -47,6 +47,7 @@ __all__ = [
     "choose_backend",
     "concrete_tensors",
     "cpu_computes_bf16",
+    "cpu_flags",
     "decoder_tensors",
     "default_precision",
     "prefill_chunk",
@@ -76,20 +77,25 @@ class Precision(NamedTuple):
 
 
 @functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags, from /proc/cpuinfo (empty where there is none): read, not measured, so that what
+    depends on them is the same on every run of one machine."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    return frozenset(
+        next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    )
+
+
 def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively: x86 AVX-512 BF16 or AMX-BF16 (read from /proc/cpuinfo).
+    """Whether this CPU multiplies bfloat16 natively: x86 AVX-512 BF16 or AMX-BF16.
 
     There oneDNN runs bf16 matrix products from pre-packed weights faster than fp32 at every shape (one token,
     a batch, a prompt), while fp16 has no such kernels unless the CPU has AVX-512 FP16: torch's fp16
-    matrix-matrix products on such CPUs are several times slower than fp32. Read from the CPU's flags, not
-    measured, so the choice is the same on every run of one machine."""
-    cpuinfo = Path("/proc/cpuinfo")
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    matrix-matrix products on such CPUs are several times slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def default_precision(device: str, card_dtype: str, stored: str | None, bf16_native: bool | None = None) -> Precision:

@@ -9,7 +9,10 @@ torch offers for its device, dtype and quantization:
     cpu, float16        F.linear: torch's fp16 GEMV is fast for one token, but without AVX-512 FP16 nothing packs
                         fp16 and its matrix-matrix products are slow (registry/decoder.default_precision avoids it)
     cuda, mps           F.linear (cuBLAS / Metal)
-    int8                torch._weight_int8pack_mm: int8 weights [out, in], one scale per output row,
+    cpu, int8           FBGEMM's dynamic int8 linear (x86): weights packed once, each call quantizes its input
+                        to 8 bits with one scale (as llama.cpp's q8_0 quantizes activations, there per 32
+                        values) and multiplies in int32 (VNNI where the CPU has it), in float32
+    int8 elsewhere      torch._weight_int8pack_mm: int8 weights [out, in], one scale per output row,
                         activations in bfloat16 (its fp32 and fp16 paths are many times slower on CPUs)
 
 Why not F.linear everywhere on the CPU: for fp32 it calls MKL's sgemm, which streams a [out, in] weight far below
@@ -18,22 +21,36 @@ measures each kernel's pass over the weights in the same run as the engines (its
 
 int8 is weight-only, symmetric, per output channel: w ≈ scale[o] · q[o, i] with q in [-127, 127] and
 scale[o] = max_i |w[o, i]| / 127 (the rounding error of a weight is at most scale / 2). Embeddings and norms stay
-in the compute dtype.
+in the compute dtype. FBGEMM's kernel streams the int8 weights near the memory bandwidth for one token and runs
+batches and prompts several times faster than torch._weight_int8pack_mm (benchmarks/decode.py); its input's
+8-bit rounding costs accuracy that tests/test_precision.py bounds. Without AVX-512 VNNI or AVX-VNNI its u8 x s8
+products can saturate 16 bits, so there the inputs are rounded to 7 bits (`reduce_range`, as torch.ao does).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from modeldeck.registry.decoder import cpu_flags
 from modeldeck.registry.diagnostics import ModeldeckError
 
 if TYPE_CHECKING:
     from modeldeck.runtime.model import Decoder
 
-__all__ = ["Int8Linear", "OneDNNLinear", "check_quantize", "packs", "prepare_weight", "quantize_int8", "use_kernels"]
+__all__ = [
+    "DynamicInt8Linear",
+    "Int8Linear",
+    "OneDNNLinear",
+    "check_quantize",
+    "packs",
+    "prepare_weight",
+    "quantize_int8",
+    "use_kernels",
+]
 
 
 class OneDNNLinear(nn.Module):
@@ -81,6 +98,44 @@ class Int8Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
+class DynamicInt8Linear(nn.Module):
+    """x @ (scale · q)ᵀ + bias through FBGEMM: q [out, in] int8 and per-row scales packed once; each call rounds
+    each input row to 8 bits on a scale of its own, multiplies in int32 and returns the activations' dtype.
+
+    FBGEMM rounds its whole input on one scale; rows of several tokens are first divided by their own largest
+    |value| (and the products multiplied back: the product is linear in each row), so that one token's large
+    activations do not coarsen the others'."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        quantized, scale = quantize_int8(weight, torch.float32)
+        zero = torch.zeros(self.out_features, dtype=torch.long)
+        with warnings.catch_warnings():  # torch marks quantized tensors deprecated; FBGEMM's packing takes one
+            warnings.simplefilter("ignore")
+            per_row = torch._make_per_channel_quantized_tensor(quantized, scale.double(), zero, 0)
+        self.packed = torch.ops.quantized.linear_prepack(per_row, None)  # FBGEMM's own object, not a tensor
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+        self.reduce_range = not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()  # [R, in]
+        out: torch.Tensor
+        if rows.shape[0] == 1:
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, self.reduce_range)  # [1, out] fp32
+        else:
+            size = rows.abs().amax(dim=1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)  # [R, 1]
+            out = torch.ops.quantized.linear_dynamic(rows / size, self.packed, self.reduce_range).mul_(size)
+        if self.bias is not None:
+            out = out.add_(self.bias)
+        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+def _fbgemm_runs(device: torch.device) -> bool:
+    """Whether FBGEMM's dynamic int8 linear runs here: the CPU with torch's x86 quantized engines."""
+    return device.type == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines
+
+
 def _onednn_runs(weight: torch.Tensor) -> bool:
     """Whether oneDNN's linear takes this weight here: fp32 on any CPU build with oneDNN; bf16 only where oneDNN
     supports it (AVX-512 or newer: on older CPUs packing a bf16 weight fails, so those keep F.linear)."""
@@ -108,7 +163,9 @@ def prepare_weight(weight: torch.Tensor, quantize: str | None) -> torch.Tensor:
 def _kernel(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str | None) -> nn.Module | None:
     """The kernel module for one weight, or None to keep F.linear."""
     if quantize == "int8":
-        return Int8Linear(weight, bias, weight.dtype)
+        return (
+            DynamicInt8Linear(weight, bias) if _fbgemm_runs(weight.device) else Int8Linear(weight, bias, weight.dtype)
+        )
     if _onednn_runs(weight):
         return OneDNNLinear(weight, bias)
     return None
