@@ -88,8 +88,8 @@ class KVCache:
             return
         rows = torch.arange(k.shape[0], device=k.device)[:, None]  # [B, 1]
         columns = start[:, None] + torch.arange(queries, device=k.device)  # [B, T]
-        self.k[layer][rows, columns] = k
-        self.v[layer][rows, columns] = v
+        self.k[layer][rows, columns] = k.to(self.k.dtype)  # (index_put does not convert; slices do)
+        self.v[layer][rows, columns] = v.to(self.v.dtype)
 
     def view(self, layer: int, used: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the first `used` cache positions: [B, used, KV, D] each."""
