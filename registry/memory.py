@@ -153,12 +153,9 @@ class _Shape:
 
 
 def _rotate(m: _Shape, rows: int, heads: int) -> int:
-    """model.py rotate() on [rows, heads, D]: rot*cos, cat((-b, a))*sin and their sum in fp32 (cos/sin are fp32),
-    then the cast back and the cat with the unrotated dims; the result is the new q or k."""
-    r, e, hd = m.arch.rotary_dims, m.e, m.arch.head_dim
-    if not r:
-        return 0
-    return rows * heads * max(12 * r, (4 + (e if e != 4 else 0)) * r + e * hd)
+    """model.py rotate() on [rows, heads, D], in place: rot*cos, cat((-b, a))*sin and their sum in fp32 (cos/sin are
+    fp32), copied back into the rotated dims."""
+    return rows * heads * 12 * m.arch.rotary_dims
 
 
 def _attend(m: _Shape, c: int, s: int) -> int:
@@ -186,16 +183,15 @@ def _block(m: _Shape, c: int, s: int) -> int:
     d, hd = a.hidden_size, a.head_dim
     rms = (8 + (4 if e != 4 else 0)) * rows * d if a.norm.kind == "rmsnorm" else 0  # x.float(), pow, normed
     h = e * rows * d  # attn_norm(x)
-    qkv = e * rows * (a.heads + 2 * a.kv_heads) * hd  # the fused projection; v stays a view of it
-    q = e * rows * a.heads * hd if a.rotary_dims else 0  # rotated q and k are new tensors
-    k = e * rows * a.kv_heads * hd if a.rotary_dims else 0
+    qkv = e * rows * (a.heads + 2 * a.kv_heads) * hd  # the fused projection; q, k and v are views of it
+    if a.qk_norm:  # normed q and k are new tensors, each rotated in place
+        q, k = e * rows * a.heads * hd, e * rows * a.kv_heads * hd
+        rotating = _rotate(m, rows, max(a.heads, a.kv_heads))
+    else:  # q and k are views of the projection, their heads rotated at once
+        q = k = 0
+        rotating = _rotate(m, rows, a.heads + a.kv_heads)
     after = 3 * e * rows * d  # attend's output, its [B, T, H*D] reshape copy, the out projection
-    attention = max(
-        rms + h,
-        h
-        + qkv
-        + max(_rotate(m, rows, a.heads), q + _rotate(m, rows, a.kv_heads), q + k + max(_attend(m, c, s), after)),
-    )
+    attention = max(rms + h, h + qkv + q + k + max(rotating, _attend(m, c, s), after))
     # Then, with h still held: attended, x + attended, the MLP's norm and its intermediate (GELU: up and gelu(up);
     # SwiGLU: silu(gate), up and their product) -- the same count for parallel and sequential residuals.
     norm2 = 0 if a.residual.shared_norm else e * rows * d

@@ -176,23 +176,21 @@ class GatedMLP(nn.Module):
         return down
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
-    """Half-split rotary (GPT-NeoX, Llama) on the first `dims` of the last axis: halves [a, b] ->
-    [a cos - b sin, b cos + a sin]."""
-    rot, rest = x[..., :dims], x[..., dims:]
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> None:
+    """Half-split rotary (GPT-NeoX, Llama), in place, on the first `dims` of the last axis: halves [a, b] ->
+    [a cos - b sin, b cos + a sin] (computed in cos's fp32, stored back in x's dtype)."""
+    rot = x[..., :dims]
     a, b = rot.chunk(2, dim=-1)
-    rotated = rot * cos + torch.cat((-b, a), dim=-1) * sin
-    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+    rot.copy_(rot * cos + torch.cat((-b, a), dim=-1) * sin)
 
 
-def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> torch.Tensor:
-    """Interleaved rotary (GPT-J) on the first `dims`: each pair (x_2j, x_2j+1) -> (x_2j cos - x_2j+1 sin,
-    x_2j+1 cos + x_2j sin); `cos`/`sin` repeat each frequency twice, side by side."""
-    rot, rest = x[..., :dims], x[..., dims:]
-    pairs = rot.reshape(*rot.shape[:-1], dims // 2, 2)  # [..., dims/2, 2]
+def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int) -> None:
+    """Interleaved rotary (GPT-J), in place, on the first `dims`: each pair (x_2j, x_2j+1) -> (x_2j cos - x_2j+1
+    sin, x_2j+1 cos + x_2j sin); `cos`/`sin` repeat each frequency twice, side by side."""
+    rot = x[..., :dims]
+    pairs = rot.unflatten(-1, (dims // 2, 2))  # [..., dims/2, 2]
     swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # [..., dims]
-    rotated = rot * cos + swapped * sin
-    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+    rot.copy_(rot * cos + swapped * sin)
 
 
 def inverse_frequencies(arch: Architecture, length: int, device: torch.device) -> torch.Tensor:
@@ -246,17 +244,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
         batch, queries, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1
-        )
-        q = q.view(batch, queries, self.heads, self.head_dim)  # [B, T, H, D]
-        k = k.view(batch, queries, self.kv_heads, self.head_dim)  # [B, T, KV, D]
-        v = v.view(batch, queries, self.kv_heads, self.head_dim)  # [B, T, KV, D]
+        heads = self.qkv(x).view(batch, queries, self.heads + 2 * self.kv_heads, self.head_dim)  # [B, T, H+2KV, D]
+        q, k, v = heads.split([self.heads, self.kv_heads, self.kv_heads], dim=2)  # [B, T, H|KV|KV, D], views
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)  # over each head's D dims
-        if ctx.rotary_dims:
-            q = self.rotate(q, ctx.cos, ctx.sin, ctx.rotary_dims)
-            k = self.rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
+            q, k = self.q_norm(q), self.k_norm(k)  # over each head's D dims (new tensors)
+            if ctx.rotary_dims:
+                self.rotate(q, ctx.cos, ctx.sin, ctx.rotary_dims)
+                self.rotate(k, ctx.cos, ctx.sin, ctx.rotary_dims)
+        elif ctx.rotary_dims:  # q and k heads side by side: rotated at once, in the projection's output
+            self.rotate(heads[:, :, : self.heads + self.kv_heads], ctx.cos, ctx.sin, ctx.rotary_dims)
         ctx.cache.write(layer, k, v, ctx.start, ctx.uniform)
         keys, values = ctx.cache.view(layer, ctx.used)
         out = ctx.backend.attend(q.to(keys.dtype), keys, values, ctx.mask, self.scale)  # [B, T, H, D], cache dtype
