@@ -211,7 +211,7 @@ def floor(spec: dict) -> dict:
     if precision != "int8":
         result["f_linear_pass_s"] = median_time(lambda: [F.linear(x[w.shape[1]], w) for w in layers])
     if precision == "int8":
-        layers = [_kernel(w, None, "int8") for w in layers]  # the kernel loading picks for int8 here
+        layers = [_kernel(w, None, "int8", dtype) for w in layers]  # the kernel loading picks for int8 here
     elif precision != "float16" and _onednn_runs(layers[0]):  # fp16 (and bf16 where oneDNN lacks it): F.linear
         layers = [OneDNNLinear(w, None) for w in layers]
     if precision != "int8" and not isinstance(layers[0], OneDNNLinear):

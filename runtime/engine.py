@@ -27,7 +27,7 @@ from modeldeck.runtime.generate import (
     resolve_options,
 )
 from modeldeck.runtime.graphs import check_graphs
-from modeldeck.runtime.kernels import check_quantize
+from modeldeck.runtime.kernels import check_quantize, describe_quantized
 from modeldeck.runtime.loading import load_decoder
 from modeldeck.runtime.model import Decoder
 from modeldeck.runtime.scoring import RollingScore, Score, TokenLogprobs, rolling_windows, score_pairs, score_rows
@@ -527,5 +527,5 @@ def load(
     require_card_match(tokenizer, directory, origin)  # before any weight is read
     decoder = load_decoder(resolved, layout, directory, chosen, where, allow_pickle, quantize)
     if quantize is not None and dtype is None:
-        decoder.precision = f"{quantize} weights multiply bfloat16 activations"
+        decoder.precision = describe_quantized(quantize, where)
     return Model(resolved, decoder, tokenizer, attention, quantize, cuda_graphs)

@@ -46,6 +46,7 @@ __all__ = [
     "Int8Linear",
     "OneDNNLinear",
     "check_quantize",
+    "describe_quantized",
     "packs",
     "prepare_weight",
     "quantize_int8",
@@ -71,10 +72,19 @@ class OneDNNLinear(nn.Module):
 
 
 def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: (q [out, in] int8, scale [out]) with weight ≈ scale[:, None] * q."""
-    rows = weight.detach().float()  # [out, in]
-    scale = rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127  # [out]
-    quantized = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # [out, in]
+    """Symmetric per-output-channel int8: (q [out, in] int8, scale [out]) with weight ≈ scale[:, None] * q.
+
+    Computed in fp32, in blocks of rows that stay in cache (a whole-matrix fp32 copy and its temporaries would
+    make quantizing several times slower than the packing that follows)."""
+    weight = weight.detach()
+    quantized = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)  # [out, in]
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)  # [out]
+    step = max(1, 2**16 // max(1, weight.shape[1]))  # 256 KiB of fp32 per block
+    for first in range(0, weight.shape[0], step):
+        rows = weight[first : first + step].to(torch.float32, copy=True)  # [step, in], divided in place below
+        size = rows.abs().amax(dim=1).clamp_(min=torch.finfo(torch.float32).tiny).div_(127)  # [step]
+        scale[first : first + step] = size
+        quantized[first : first + step] = rows.div_(size[:, None]).round_().clamp_(-127, 127)
     return quantized, scale.to(scale_dtype)
 
 
@@ -116,7 +126,7 @@ class DynamicInt8Linear(nn.Module):
             per_row = torch._make_per_channel_quantized_tensor(quantized, scale.double(), zero, 0)
         self.packed = torch.ops.quantized.linear_prepack(per_row, None)  # FBGEMM's own object, not a tensor
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
-        self.reduce_range = not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
+        self.reduce_range = not _vnni()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()  # [R, in]
@@ -129,6 +139,11 @@ class DynamicInt8Linear(nn.Module):
         if self.bias is not None:
             out = out.add_(self.bias)
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+def _vnni() -> bool:
+    """Whether this CPU sums u8 x s8 products in 32 bits (VNNI), so that FBGEMM's inputs may use all 8 bits."""
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 def _fbgemm_runs(device: torch.device) -> bool:
@@ -160,12 +175,12 @@ def prepare_weight(weight: torch.Tensor, quantize: str | None) -> torch.Tensor:
     return weight
 
 
-def _kernel(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str | None) -> nn.Module | None:
-    """The kernel module for one weight, or None to keep F.linear."""
+def _kernel(
+    weight: torch.Tensor, bias: torch.Tensor | None, quantize: str | None, dtype: torch.dtype
+) -> nn.Module | None:
+    """The kernel module for one weight, computing in `dtype`, or None to keep F.linear."""
     if quantize == "int8":
-        return (
-            DynamicInt8Linear(weight, bias) if _fbgemm_runs(weight.device) else Int8Linear(weight, bias, weight.dtype)
-        )
+        return DynamicInt8Linear(weight, bias) if _fbgemm_runs(weight.device) else Int8Linear(weight, bias, dtype)
     if _onednn_runs(weight):
         return OneDNNLinear(weight, bias)
     return None
@@ -192,16 +207,26 @@ def check_quantize(quantize: str | None, device: torch.device, dtype: torch.dtyp
         ) from None
 
 
+def describe_quantized(quantize: str, device: torch.device) -> str:
+    """How `quantize` multiplies on `device` (the `Model.precision` of a quantized model)."""
+    if not _fbgemm_runs(device):
+        return f"{quantize} weights multiply bfloat16 activations (torch._weight_int8pack_mm)"
+    bits = 8 if _vnni() else 7
+    return f"{quantize} weights through FBGEMM, each input row rounded to {bits} bits; bfloat16 between layers"
+
+
 @torch.no_grad()  # the decoder's parameters may require grad: no autograd graph may keep the originals alive
 def use_kernels(decoder: Decoder, quantize: str | None = None) -> None:
     """Swap each nn.Linear of `decoder` for its kernel (see the table above), in place; a tied LM head (the
-    embedding matrix) gets a kernel of its own (an extra copy of that matrix) where the kernel needs one."""
+    embedding matrix) gets a kernel of its own (an extra copy of that matrix) where the kernel needs one. The
+    compute dtype is the embeddings'; weights to quantize may still be in the checkpoint's (loading leaves them so)."""
+    dtype = decoder.embed.weight.dtype
     for parent in list(decoder.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                kernel = _kernel(child.weight, child.bias, quantize)
+                kernel = _kernel(child.weight, child.bias, quantize, dtype)
                 if kernel is not None:
                     setattr(parent, name, kernel)
     if decoder.lm_head is None:
-        tied = _kernel(decoder.embed.weight, None, quantize)
+        tied = _kernel(decoder.embed.weight, None, quantize, dtype)
         decoder.tied_head = None if tied is None else tied.forward  # a plain attribute: not in the state_dict

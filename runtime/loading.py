@@ -244,6 +244,8 @@ def load_decoder(
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
         if name not in linear:
             return _convert(tensor, sources[0].decoder, layout, arch, chosen, device)
+        if quantize is not None:  # quantized from the checkpoint's own values (use_kernels), not a rounded copy
+            return _convert(tensor, sources[0].decoder, layout, arch, tensor.dtype, device)
         into = None if scratch is None else scratch.take  # a weight that packing copies: converted into scratch
         return prepare_weight(_convert(tensor, sources[0].decoder, layout, arch, chosen, device, into), quantize)
 

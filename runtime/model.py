@@ -188,7 +188,7 @@ def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, di
     """Interleaved rotary (GPT-J), in place, on the first `dims`: each pair (x_2j, x_2j+1) -> (x_2j cos - x_2j+1
     sin, x_2j+1 cos + x_2j sin); `cos`/`sin` repeat each frequency twice, side by side."""
     rot = x[..., :dims]
-    pairs = rot.unflatten(-1, (dims // 2, 2))  # [..., dims/2, 2]
+    pairs = rot.view(*rot.shape[:-1], dims // 2, 2)  # [..., dims/2, 2]
     swapped = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # [..., dims]
     rot.copy_(rot * cos + swapped * sin)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from modeldeck import registry  # noqa: E402
-from modeldeck.registry.decoder import cpu_flags, default_precision  # noqa: E402
+from modeldeck.registry.decoder import default_precision  # noqa: E402
 from modeldeck.registry.diagnostics import ModeldeckError  # noqa: E402
 from modeldeck.runtime.attention import get_backend  # noqa: E402
 from modeldeck.runtime.generate import prefill  # noqa: E402
@@ -36,6 +36,7 @@ from modeldeck.runtime.kernels import (  # noqa: E402
     Int8Linear,
     OneDNNLinear,
     _fbgemm_runs,
+    _vnni,
     check_quantize,
     quantize_int8,
 )
@@ -43,7 +44,7 @@ from modeldeck.runtime.loading import load_decoder  # noqa: E402
 from modeldeck.runtime.model import KVCache  # noqa: E402
 
 ONEDNN_BF16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-SEVEN_BIT = _fbgemm_runs(torch.device("cpu")) and not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
+SEVEN_BIT = _fbgemm_runs(torch.device("cpu")) and not _vnni()
 BOUNDS = {"float16": 0.01, "bfloat16": 0.1, "int8": 0.3 if SEVEN_BIT else 0.25}
 LENGTHS = (24, 40, 16)
 
@@ -103,7 +104,9 @@ def test_the_onednn_kernels_equal_f_linear():
 def test_int8_rounds_each_weight_to_within_half_a_step_of_its_rows_scale():
     g = torch.Generator().manual_seed(2)
     weight = torch.randn(40, 32, generator=g) * torch.linspace(0.01, 3, 40)[:, None]  # rows of very different size
+    kept = weight.clone()
     quantized, scale = quantize_int8(weight, torch.float32)
+    assert torch.equal(weight, kept)  # the weight itself is left as it was
     assert quantized.dtype == torch.int8 and int(quantized.abs().max()) == 127
     assert torch.equal(scale, weight.abs().amax(1) / 127)
     assert ((quantized.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-7).all()
