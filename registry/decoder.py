@@ -104,7 +104,9 @@ def default_precision(device: str, card_dtype: str, stored: str | None, bf16_nat
     On a GPU: the card's dtype (`auto`: the checkpoint's own). On a CPU: never more precise than the checkpoint
     and never a dtype the CPU computes slowly: float32 checkpoints run in float32; half-precision ones in
     bfloat16 where the CPU computes it natively (`cpu_computes_bf16`; float16 weights are converted once, as
-    torch has no fast float16 matrix-matrix products there), else in float32."""
+    torch has no fast float16 matrix-matrix products there), else in float32. Where that CPU streams one row
+    faster from float16 and memory holds two copies, the runtime runs a float16 checkpoint as stored instead, with
+    the bf16 copy for prompts and batches (runtime/kernels.py split_half, measured at load)."""
     if device != "cpu":
         if card_dtype == "auto":
             return Precision(None, "the checkpoint's own dtype (the card's dtype is auto)")

@@ -348,6 +348,16 @@ def _backend(attention: str, device: Device, dtype: str) -> BackendName:
         ) from None
 
 
+def _unmapped(s: Scenario) -> str:
+    """What becomes of a converted checkpoint's pages on the CPU."""
+    if s.checkpoint_dtype == "float16" and s.dtype == "bfloat16":  # runtime/kernels.py split_half
+        return (
+            "none: unmapped once converted, unless the runtime measures a faster fp16 GEMV at load and finds room "
+            "for both copies: then it runs the file as stored, a packed bf16 copy beside it (Model.precision says)"
+        )
+    return "none: unmapped once converted"
+
+
 def _estimate(card: Card, s: Scenario, layout: CheckpointLayout | None) -> Estimate:
     arch, e, c = card.architecture, DTYPE_BYTES[s.dtype], DTYPE_BYTES[s.checkpoint_dtype]
     params = count_parameters(arch).total
@@ -387,7 +397,7 @@ def _estimate(card: Card, s: Scenario, layout: CheckpointLayout | None) -> Estim
     mapped_term = Term(
         "mapped file",
         mapped,
-        why if mapped else ("none on the device" if s.device == "cuda" else "none: unmapped once converted"),
+        why if mapped else ("none on the device" if s.device == "cuda" else _unmapped(s)),
         "runtime/loading.py _open_tensors (safetensors load_file maps each file) and _convert",
     )
     loading = Term("loading", weights.bytes + extra, f"weights + {why}", "runtime/loading.py load_decoder")

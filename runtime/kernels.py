@@ -5,7 +5,10 @@ torch offers for its device, dtype and quantization:
 
     device, weights     kernel                                                  weights held
     cpu, float32        oneDNN linear on the dense weight (mkldnn _linear_pointwise)  the loaded tensor (no copy)
-    cpu, bfloat16       oneDNN linear on a weight packed once as it loads (where oneDNN has bf16: AVX-512 and up)
+    cpu, bfloat16       oneDNN linear on a weight packed once as it loads (where oneDNN has bf16: AVX-512 and up);
+                        by default, a float16 checkpoint runs in fp16 with this packed copy for prompts and
+                        batches where torch's fp16 GEMV is measured faster for one row and memory holds both
+                        copies (SplitHalfLinear)
     cpu, float16        F.linear: torch's fp16 GEMV is fast for one token, but without AVX-512 FP16 nothing packs
                         fp16 and its matrix-matrix products are slow (registry/decoder.default_precision avoids it)
     cuda, mps           F.linear (cuBLAS / Metal)
@@ -29,10 +32,15 @@ products can saturate 16 bits, so there the inputs are rounded to 7 bits (`reduc
 
 from __future__ import annotations
 
+import functools
+import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modeldeck.registry.decoder import cpu_flags
@@ -45,11 +53,14 @@ __all__ = [
     "DynamicInt8Linear",
     "Int8Linear",
     "OneDNNLinear",
+    "SplitHalfLinear",
     "check_quantize",
     "describe_quantized",
+    "fp16_gemv_is_faster",
     "packs",
     "prepare_weight",
     "quantize_int8",
+    "split_half",
     "use_kernels",
 ]
 
@@ -69,6 +80,72 @@ class OneDNNLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return out
+
+
+class SplitHalfLinear(nn.Module):
+    """A float16 checkpoint's linear layer, run in float16, on a CPU whose fp16 GEMV is the faster for one row and
+    whose bf16 products are the faster for many: one row (batch-1 decoding) through F.linear on the float16 weights
+    as stored, more rows (prompts, batches) through oneDNN on a bf16 copy packed at load, converted in and out.
+    Both copies are held: twice the weights' memory (`split_half` decides)."""
+
+    def __init__(self, packed: OneDNNLinear, weight16: torch.Tensor, bias16: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = packed.in_features, packed.out_features
+        self.packed = packed
+        self.weight16: torch.Tensor
+        self.bias16: torch.Tensor | None
+        self.register_buffer("weight16", weight16.detach(), persistent=False)
+        self.register_buffer("bias16", None if bias16 is None else bias16.detach(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == self.in_features:  # one row
+            return F.linear(x, self.weight16, self.bias16)
+        many: torch.Tensor = self.packed(x.to(torch.bfloat16))
+        return many.to(x.dtype)
+
+
+@functools.cache
+def fp16_gemv_is_faster() -> bool:
+    """Whether, on this CPU, torch's fp16 GEMV streams a weight faster than oneDNN's packed bf16 linear (by 10% or
+    more): measured once per process on 64 MiB of weights of each kind (beyond the caches), about 0.1 s. It differs
+    between CPUs of one kind (and between shapes), so it is measured, not assumed."""
+    rows, columns, count = 2048, 2048, 8
+    weights16 = [torch.full((rows, columns), 0.01, dtype=torch.float16) for _ in range(count)]
+    packed = [torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16), 1) for w in weights16]
+    x16, x = torch.ones(1, columns, dtype=torch.float16), torch.ones(1, columns, dtype=torch.bfloat16)
+
+    def timed(one: Callable[[int], torch.Tensor]) -> float:  # the median of 5 passes after a warm-up pass
+        times = []
+        for _ in range(6):
+            began = time.perf_counter()
+            for i in range(count):
+                one(i)
+            times.append(time.perf_counter() - began)
+        return sorted(times[1:])[2]
+
+    half = timed(lambda i: F.linear(x16, weights16[i]))
+    bf16 = timed(lambda i: torch.ops.mkldnn._linear_pointwise(x, packed[i], None, "none", [], ""))
+    return half * 1.1 < bf16
+
+
+def split_half(stored: torch.dtype, dtype: torch.dtype, device: torch.device, weight_bytes: int) -> bool:
+    """Whether a checkpoint stored in `stored`, for which the default is `dtype`, runs instead in float16 with a
+    packed bf16 copy of its linear weights for prompts and batches (SplitHalfLinear): where that copy would be
+    packed, fp16's GEMV is the faster here for one row, and the memory available holds both copies (of
+    `weight_bytes` each) with a quarter to spare."""
+    if stored != torch.float16 or not packs(dtype, device, None) or not fp16_gemv_is_faster():
+        return False
+    return 2.5 * weight_bytes <= _available_memory()
+
+
+def _available_memory() -> int:
+    """Bytes the kernel says are available now (MemAvailable), or 0 where it does not say."""
+    try:
+        lines = Path("/proc/meminfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0
+    kib = next((line.split()[1] for line in lines if line.startswith("MemAvailable:")), "0")
+    return int(kib) * 1024
 
 
 def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,17 +293,25 @@ def describe_quantized(quantize: str, device: torch.device) -> str:
 
 
 @torch.no_grad()  # the decoder's parameters may require grad: no autograd graph may keep the originals alive
-def use_kernels(decoder: Decoder, quantize: str | None = None) -> None:
+def use_kernels(decoder: Decoder, quantize: str | None = None, halves: dict[str, torch.Tensor] | None = None) -> None:
     """Swap each nn.Linear of `decoder` for its kernel (see the table above), in place; a tied LM head (the
     embedding matrix) gets a kernel of its own (an extra copy of that matrix) where the kernel needs one. The
-    compute dtype is the embeddings'; weights to quantize may still be in the checkpoint's (loading leaves them so)."""
+    compute dtype is the embeddings'; weights to quantize may still be in the checkpoint's (loading leaves them so).
+    `halves`: float16 weights and biases by state_dict name, for layers that multiply one row from them
+    (SplitHalfLinear)."""
     dtype = decoder.embed.weight.dtype
-    for parent in list(decoder.modules()):
+    for prefix, parent in list(decoder.named_modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 kernel = _kernel(child.weight, child.bias, quantize, dtype)
+                path = f"{prefix}.{name}" if prefix else name
+                if halves and isinstance(kernel, OneDNNLinear) and f"{path}.weight" in halves:
+                    kernel = SplitHalfLinear(kernel, halves[f"{path}.weight"], halves.get(f"{path}.bias"))
                 if kernel is not None:
                     setattr(parent, name, kernel)
     if decoder.lm_head is None:
         tied = _kernel(decoder.embed.weight, None, quantize, dtype)
+        if halves and tied is None and packs(torch.bfloat16, decoder.embed.weight.device, quantize):
+            packed = OneDNNLinear(decoder.embed.weight.to(torch.bfloat16), None)  # a split model's tied head
+            tied = SplitHalfLinear(packed, decoder.embed.weight, None)
         decoder.tied_head = None if tied is None else tied.forward  # a plain attribute: not in the state_dict

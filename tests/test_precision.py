@@ -29,12 +29,14 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from modeldeck import registry  # noqa: E402
 from modeldeck.registry.decoder import default_precision  # noqa: E402
 from modeldeck.registry.diagnostics import ModeldeckError  # noqa: E402
+from modeldeck.runtime import kernels  # noqa: E402
 from modeldeck.runtime.attention import get_backend  # noqa: E402
 from modeldeck.runtime.generate import prefill  # noqa: E402
 from modeldeck.runtime.kernels import (  # noqa: E402
     DynamicInt8Linear,
     Int8Linear,
     OneDNNLinear,
+    SplitHalfLinear,
     _fbgemm_runs,
     _vnni,
     check_quantize,
@@ -146,7 +148,10 @@ def test_a_quantization_that_cannot_run_is_refused_before_loading():
     check_quantize("int8", cpu, torch.bfloat16)  # runs here
 
 
-def test_the_default_keeps_fp32_weights_and_runs_half_weights_as_this_cpu_computes_best(tiny_checkpoint, tmp_path):
+def test_the_default_keeps_fp32_weights_and_runs_half_weights_as_this_cpu_computes_best(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(kernels, "fp16_gemv_is_faster", lambda: False)  # the split default: tested below
     ckpt = tiny_checkpoint("gpt-neox", tokenizer=False)
     layout = registry.default().checkpoint_layouts()["gpt-neox"]
     cpu = torch.device("cpu")
@@ -181,6 +186,57 @@ def test_a_float16_checkpoint_loads_into_bfloat16_exactly_as_a_cast_of_each_tens
     for name, tensor in half.items():
         dense = tensor.to_dense() if tensor.is_mkldnn else tensor
         assert dense.dtype == torch.bfloat16 and torch.equal(dense, wide[name].to(torch.bfloat16)), name
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="oneDNN has no bf16 linear on this CPU: nothing is packed, nothing split")
+def test_a_split_layer_multiplies_one_row_from_fp16_and_more_rows_from_the_packed_copy():
+    g = torch.Generator().manual_seed(4)
+    weight, bias = (torch.randn(96, 64, generator=g) * 0.1).half(), torch.randn(96, generator=g).half()
+    packed = OneDNNLinear(weight.bfloat16(), bias.bfloat16())
+    layer = SplitHalfLinear(packed, weight, bias)
+    one, rows = torch.randn(1, 1, 64, generator=g).bfloat16(), torch.randn(2, 3, 64, generator=g).bfloat16()
+    one, rows = one.half(), rows.half()  # a split model runs in float16
+    assert torch.equal(layer(one), F.linear(one, weight, bias))
+    assert torch.equal(layer(rows), packed(rows.bfloat16()).half())
+    assert not layer.state_dict().keys() & {"weight16", "bias16"}  # the fp16 copy is not a second checkpoint
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="oneDNN has no bf16 linear on this CPU: nothing is packed, nothing split")
+@pytest.mark.parametrize("family", ["gpt-neox", "llama", "falcon"])  # QKV reordered / separate q, k, v / tied head
+def test_the_default_keeps_fp16_weights_for_one_row_where_that_is_faster(
+    tiny_checkpoint, tmp_path, monkeypatch, family
+):
+    ckpt = tiny_checkpoint(family, tokenizer=False)
+    layout = registry.default().checkpoint_layouts()[ckpt.card.architecture.checkpoint_layout]
+    shutil.copy(Path(ckpt.directory) / "config.json", tmp_path)
+    tensors = load_file(Path(ckpt.directory) / "model.safetensors")
+    save_file({name: t.half() for name, t in tensors.items()}, tmp_path / "model.safetensors")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "fp16_gemv_is_faster", lambda: True)
+    split = load_decoder(ckpt.card, layout, tmp_path, None, cpu)
+    assert "run as stored; prompts and batches multiply a packed bfloat16 copy" in split.precision
+    assert split.embed.weight.dtype == torch.float16
+    if ckpt.card.architecture.tied_embeddings:
+        assert isinstance(getattr(split.tied_head, "__self__", None), SplitHalfLinear)
+    wide = load_decoder(ckpt.card, layout, tmp_path, torch.float32, cpu)
+    for name, module in split.named_modules():
+        if isinstance(module, SplitHalfLinear):  # the checkpoint's values, reordered as fp32 loading does
+            assert torch.equal(module.weight16, wide.get_submodule(name).weight.half()), name
+    monkeypatch.setattr(kernels, "fp16_gemv_is_faster", lambda: False)
+    packed_only = load_decoder(ckpt.card, layout, tmp_path, None, cpu)
+    assert packed_only.embed.weight.dtype == torch.bfloat16
+    assert not any(isinstance(m, SplitHalfLinear) for m in packed_only.modules())
+    count = sum(isinstance(m, SplitHalfLinear) for m in split.modules())
+    assert count == sum(isinstance(m, OneDNNLinear) for m in packed_only.modules()) > 0  # every packed layer
+    batch = [[5, 6, 7, 8, 9, 10]]  # prompts: bf16 products between fp16 activations, within bf16's bound
+    assert (logits(split, ckpt.card, batch) - logits(wide, ckpt.card, batch)).abs().max().item() <= BOUNDS["bfloat16"]
+    one = logits(split, ckpt.card, [[5]])  # one row: float16 throughout, within fp16's bound
+    assert 0 < (one - logits(wide, ckpt.card, [[5]])).abs().max().item() <= BOUNDS["float16"]
+    monkeypatch.setattr(kernels, "fp16_gemv_is_faster", lambda: True)
+    monkeypatch.setattr(kernels, "_available_memory", lambda: 0)  # both copies would not fit: packed only
+    assert not any(
+        isinstance(m, SplitHalfLinear) for m in load_decoder(ckpt.card, layout, tmp_path, None, cpu).modules()
+    )
 
 
 # --- the static forward and CUDA graphs ----------------------------------------------------------------
