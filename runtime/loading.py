@@ -155,9 +155,10 @@ def _convert(
         tensor = tensor.t()
     moved = tensor.device != device
     if template.startswith("blocks.{i}.attn.qkv.") and layout.qkv in ("per_head", "grouped"):
-        if tensor.dtype != dtype or moved:  # converted whole, then reordered within one dtype: a strided copy
-            moved_there = tensor.to(device=device, dtype=dtype) if moved else None  # that converts is slower
-            tensor = moved_there if moved_there is not None else cast(tensor, dtype, fresh(tensor.shape, 1))
+        if moved:  # converted whole, then reordered within one dtype: a strided copy that converts is slower
+            tensor = tensor.to(device=device, dtype=dtype)
+        elif tensor.dtype != dtype:
+            tensor = cast(tensor, dtype, fresh(tensor.shape, 1))
         out = fresh(tensor.shape, 0)
         _reorder_qkv(tensor, layout, arch, out)
         return out

@@ -67,6 +67,13 @@ def logits(decoder, card, batch: list[list[int]]) -> torch.Tensor:
         return decoder(tokens, cache, get_backend("sdpa"), start=torch.zeros(len(batch), dtype=torch.long)).float()
 
 
+def write_float16_copy(ckpt, directory: Path) -> None:
+    """The tiny checkpoint stored in float16, as published half-precision checkpoints are, in `directory`."""
+    shutil.copy(Path(ckpt.directory) / "config.json", directory)
+    tensors = load_file(Path(ckpt.directory) / "model.safetensors")
+    save_file({name: t.half() for name, t in tensors.items()}, directory / "model.safetensors")
+
+
 @pytest.mark.parametrize("family", ["gpt-neox", "falcon", "falcon-7b", "llama"])
 @pytest.mark.parametrize("precision", list(BOUNDS))
 def test_half_precision_and_int8_stay_within_their_bounds_of_fp32(tiny_checkpoint, family, precision):
@@ -157,9 +164,7 @@ def test_the_default_keeps_fp32_weights_and_runs_half_weights_as_this_cpu_comput
     cpu = torch.device("cpu")
     fp32 = load_decoder(ckpt.card, layout, Path(ckpt.directory), None, cpu)
     assert fp32.embed.weight.dtype == torch.float32 and fp32.precision == "the checkpoint's own dtype"
-    shutil.copy(Path(ckpt.directory) / "config.json", tmp_path)
-    tensors = load_file(Path(ckpt.directory) / "model.safetensors")
-    save_file({name: t.half() for name, t in tensors.items()}, tmp_path / "model.safetensors")
+    write_float16_copy(ckpt, tmp_path)
     half = load_decoder(ckpt.card, layout, tmp_path, None, cpu)
     expected = default_precision("cpu", ckpt.card.dtype, "float16")
     assert half.embed.weight.dtype == getattr(torch, expected.dtype) and half.precision == expected.reason
@@ -174,9 +179,7 @@ def test_a_float16_checkpoint_loads_into_bfloat16_exactly_as_a_cast_of_each_tens
     # parallel: every tensor must be exactly the checkpoint's, reordered as fp32 loading does, then cast to bf16
     ckpt = tiny_checkpoint(family, tokenizer=False)
     layout = registry.default().checkpoint_layouts()[ckpt.card.architecture.checkpoint_layout]
-    shutil.copy(Path(ckpt.directory) / "config.json", tmp_path)
-    tensors = load_file(Path(ckpt.directory) / "model.safetensors")
-    save_file({name: t.half() for name, t in tensors.items()}, tmp_path / "model.safetensors")
+    write_float16_copy(ckpt, tmp_path)
     cpu = torch.device("cpu")
     wide = load_decoder(ckpt.card, layout, tmp_path, torch.float32, cpu).state_dict()
     half = load_decoder(ckpt.card, layout, tmp_path, torch.bfloat16, cpu).state_dict()
@@ -203,14 +206,12 @@ def test_a_split_layer_multiplies_one_row_from_fp16_and_more_rows_from_the_packe
 
 @pytest.mark.skipif(not ONEDNN_BF16, reason="oneDNN has no bf16 linear on this CPU: nothing is packed, nothing split")
 @pytest.mark.parametrize("family", ["gpt-neox", "llama", "falcon"])  # QKV reordered / separate q, k, v / tied head
-def test_the_default_keeps_fp16_weights_for_one_row_where_that_is_faster(
+def test_the_default_runs_a_float16_checkpoint_as_stored_where_fp16_is_faster_for_one_row(
     tiny_checkpoint, tmp_path, monkeypatch, family
 ):
     ckpt = tiny_checkpoint(family, tokenizer=False)
     layout = registry.default().checkpoint_layouts()[ckpt.card.architecture.checkpoint_layout]
-    shutil.copy(Path(ckpt.directory) / "config.json", tmp_path)
-    tensors = load_file(Path(ckpt.directory) / "model.safetensors")
-    save_file({name: t.half() for name, t in tensors.items()}, tmp_path / "model.safetensors")
+    write_float16_copy(ckpt, tmp_path)
     cpu = torch.device("cpu")
     monkeypatch.setattr(kernels, "fp16_gemv_is_faster", lambda: True)
     split = load_decoder(ckpt.card, layout, tmp_path, None, cpu)
