@@ -107,8 +107,8 @@ class SplitHalfLinear(nn.Module):
 @functools.cache
 def fp16_gemv_is_faster() -> bool:
     """Whether, on this CPU, torch's fp16 GEMV streams a weight faster than oneDNN's packed bf16 linear (by 10% or
-    more): measured once per process on 64 MiB of weights of each kind (beyond the caches), about 0.1 s. It differs
-    between CPUs of one kind (and between shapes), so it is measured, not assumed."""
+    more): measured once per process, at the first load that asks, on 64 MiB of weights of each kind (beyond the
+    caches). It differs between CPUs of one kind (and between shapes), so it is measured, not assumed."""
     rows, columns, count = 2048, 2048, 8
     weights16 = [torch.full((rows, columns), 0.01, dtype=torch.float16) for _ in range(count)]
     packed = [torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16), 1) for w in weights16]
